@@ -1,0 +1,170 @@
+"""verify(): one sample, from the cheapest argument that settles it to the exact MILP.
+
+Order for `robustness`: clean prediction -> PGD (a float64-confirmed attack is an exact
+'adversarial') -> IBP and CROWN margins from the bound engine (a positive margin is an exact
+'robust') -> MILP with bounds tightened up to `tightening` -> LP relaxation per class -> MIP.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from certtrain.attacks import pgd_attack
+from certtrain.bounds import compute_bounds, margin_spec
+from certtrain.verify.encoding import SolverOptions
+from certtrain.verify.formulation import build_formulation
+from certtrain.verify.network import has_maxpool, network_steps
+from certtrain.verify.objectives import NORMS, min_distortion, robustness
+from certtrain.verify.perturbations import make_domain
+from certtrain.verify.result import FloatNetwork, VerificationResult, as_tensor, representable
+from certtrain.verify.tightening import LEVELS, check_level, count_unstable, engine_bounds, intersect
+from certtrain.verify.witness import is_adversarial
+
+OBJECTIVES = ("robustness", "min_distortion")
+
+
+def _classes(num_classes: int, label: int, targets) -> list[int]:
+    if targets is None:
+        return [j for j in range(num_classes) if j != label]
+    targets = sorted({int(t) for t in np.atleast_1d(np.asarray(targets))})
+    bad = [t for t in targets if not 0 <= t < num_classes or t == label]
+    if bad or not targets:
+        raise ValueError(f"targets must be classes in [0, {num_classes}) other than the label {label}, got {targets}")
+    return targets
+
+
+def _margin_verified(model, steps, domain, bounds, label, classes, method) -> bool:
+    """Every margin f_y - f_j (j in classes) has a positive lower bound by `method` on the input box."""
+    if has_maxpool(steps):  # the engine cannot run end to end: use the piecewise logit box
+        lower, upper = bounds[-1]
+        return bool(np.all(lower[label] - upper[classes] > 0))
+    shape = (1, *domain.shape)
+    x_L = torch.from_numpy(domain.box_lower.reshape(shape)).double()
+    x_U = torch.from_numpy(domain.box_upper.reshape(shape)).double()
+    spec = margin_spec(torch.tensor([label]), len(bounds[-1][0]))
+    rows = [j - (j > label) for j in classes]
+    with torch.no_grad():
+        lower, _ = compute_bounds(model, x_L, x_U, C=spec[:, rows].double(), method=method)
+    return bool((lower > 0).all())
+
+
+def _pgd_witness(model, x, label, domain, net, steps, restarts):
+    """A PGD attack (float32, as the model runs) confirmed in float64, or None."""
+    radius = domain.eps if domain.name == "linf" else 1.0
+    generator = torch.Generator().manual_seed(0)
+    with torch.enable_grad():
+        x_adv, found = pgd_attack(model, x.float(), torch.tensor([label]), radius, steps=steps, restarts=restarts,
+                                  generator=generator)
+    if not bool(found[0]):
+        return None
+    candidate = representable(domain, np.clip(x_adv.double().reshape(-1).numpy(), domain.box_lower, domain.box_upper), x)
+    return candidate if is_adversarial(net, domain, candidate, label) else None
+
+
+def verify(
+    model: nn.Module,
+    x: torch.Tensor,
+    y,
+    eps: float | None = 0.1,
+    objective: str = "robustness",
+    time_limit: float = 120.0,
+    *,
+    tightening: str = "lp",
+    perturbation: str = "linf",
+    norm: str = "linf",
+    targets=None,
+    blur_kernel_size: int = 3,
+    pgd_steps: int = 40,
+    pgd_restarts: int = 2,
+    tightening_time_limit: float = 1.0,
+    solver: SolverOptions | None = None,
+) -> VerificationResult:
+    """Decide one sample exactly. x: (1, *input_shape) in [0, 1]; y: its label.
+
+    objective: robustness (any input of the set classified otherwise / as one of `targets`?) or
+    min_distortion (smallest `norm` perturbation inside the set that does so).
+    tightening: ibp | crown | lp | mip, the strongest bound tightening applied before the MILP.
+    perturbation: linf (ball of radius eps within [0, 1]) | unrestricted ([0, 1]) | blur (a
+    blur_kernel_size kernel; eps, if given, also bounds the change of every pixel).
+    """
+    start = time.perf_counter()
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
+    if not time_limit > 0:
+        raise ValueError(f"time_limit must be positive seconds, got {time_limit}")
+    check_level(tightening)
+    options = dict(objective=objective, tightening=tightening, norm=norm, pgd_steps=pgd_steps,
+                   pgd_restarts=pgd_restarts, tightening_time_limit=tightening_time_limit,
+                   solver=solver or SolverOptions(), deadline=start + float(time_limit))
+    was_training = model.training
+    model.eval()
+    try:
+        domain = make_domain(x, perturbation, eps, blur_kernel_size)
+        result = _run(model, x, int(torch.as_tensor(y).reshape(-1)[0]), targets, domain, **options)
+    finally:
+        model.train(was_training)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _run(model, x, label, targets, domain, **options) -> VerificationResult:
+    net = FloatNetwork(model)
+    logits = net.logits(domain.x, domain.shape)
+    if not 0 <= label < len(logits):
+        raise ValueError(f"label {label} outside the model's {len(logits)} classes")
+    classes = _classes(len(logits), label, targets)
+    predicted = int(np.argmax(logits))
+    if predicted != label:
+        return VerificationResult("misclassified", x.detach().clone(), 0.0, 0.0, predicted=predicted,
+                                  resolved_by="clean", witness_verified=True)
+    steps = network_steps(model, domain.shape)
+    result = _decide(model, x, label, classes, targets is not None, domain, net, steps, **options)
+    result.predicted = predicted
+    return result
+
+
+def _decide(model, x, label, classes, targeted, domain, net, steps, *, objective, tightening, norm, pgd_steps,
+            pgd_restarts, tightening_time_limit, solver, deadline) -> VerificationResult:
+    depth = LEVELS.index(tightening)
+    bounds = engine_bounds(steps, domain.box_lower, domain.box_upper, "ibp")
+    stats = {"unstable_ibp": count_unstable(steps, bounds), "pgd_found": False}
+    if depth >= LEVELS.index("crown"):
+        bounds = intersect(bounds, engine_bounds(steps, domain.box_lower, domain.box_upper, "crown"))
+    stats["unstable_crown"] = count_unstable(steps, bounds)
+    solve_start = time.perf_counter()
+    build = dict(domain=domain, bounds=bounds, options=solver, time_per_solve=tightening_time_limit,
+                 deadline=deadline)
+    if objective == "robustness":
+        # The LP relaxation over the engine's bounds is at least as tight as the CROWN margin itself.
+        form = build_formulation(steps, level=LEVELS[min(depth, 1)], **build)
+        stats["unstable_final"] = form.binaries
+        outcome = robustness(form, net, domain, label, classes, targeted, deadline, x, exact=depth < 2)
+        if outcome.status == "open" and domain.is_box and not targeted and pgd_steps > 0:
+            found = _pgd_witness(model, x, label, domain, net, pgd_steps, pgd_restarts)
+            if found is not None:
+                stats["pgd_found"] = True
+                return VerificationResult("adversarial", as_tensor(found, domain.shape, domain, x), resolved_by="pgd",
+                                          witness_verified=True, stats=stats,
+                                          solve_seconds=time.perf_counter() - solve_start)
+        if outcome.status == "open":
+            form = build_formulation(steps, level=tightening, **build)
+            outcome = robustness(form, net, domain, label, classes, targeted, deadline, x)
+    else:
+        form = build_formulation(steps, level=tightening, **build)
+        outcome = min_distortion(form, net, domain, label, classes, targeted, norm, deadline, x)
+    stats.update(unstable_final=form.binaries, tightening_solves=form.tightening_solves,
+                 unstable_per_layer=form.unstable_per_layer)
+    result = VerificationResult(
+        outcome.status, resolved_by=outcome.resolved_by, distortion=outcome.distortion, bound=outcome.bound,
+        solve_seconds=time.perf_counter() - solve_start, stats=stats,
+    )
+    if outcome.witness is not None:
+        result.adversarial = as_tensor(outcome.witness, domain.shape, domain, x)
+        result.witness_verified = True
+    return result

@@ -1,0 +1,119 @@
+"""Progressive bound tightening: interval (IBP) -> CROWN (the bound engine) -> LP -> MIP.
+
+Tighter pre-activation bounds make more ReLUs stable (no binary) and the remaining big-M
+constraints tighter. The first two levels come from `certtrain.bounds.intermediate_bounds`;
+the engine has no MaxPool2d rule, so a network with max-pooling is bounded piecewise: the engine
+runs on each max-pool-free segment and the pooling itself is bounded by intervals (max of lower
+bounds, max of upper bounds). The LP and MIP levels solve, for every ReLU still unstable, max and
+min of its input over the relaxation (LP) or the exact model (MIP) of the layers before it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from certtrain.bounds import intermediate_bounds
+from certtrain.verify.encoding import Milp
+from certtrain.verify.network import MaxPool, Step
+
+LEVELS = ("ibp", "crown", "lp", "mip")
+
+
+def check_level(level: str) -> str:
+    if level not in LEVELS:
+        raise ValueError(f"unknown tightening {level!r}; choose one of {LEVELS}")
+    return level
+
+
+def _pool_interval(windows: np.ndarray, lower: np.ndarray, upper: np.ndarray):
+    padded_l = np.where(windows >= 0, lower[np.maximum(windows, 0)], -np.inf)
+    padded_u = np.where(windows >= 0, upper[np.maximum(windows, 0)], -np.inf)
+    return padded_l.max(axis=1), padded_u.max(axis=1)
+
+
+def engine_bounds(steps: list[Step], box_lower: np.ndarray, box_upper: np.ndarray, method: str):
+    """Flat float64 (lower, upper) of the input of every step, and of the output last."""
+    bounds = [None] * (len(steps) + 1)
+    lower, upper = box_lower, box_upper
+    start = 0
+    for end in [i for i, s in enumerate(steps) if isinstance(s.op, MaxPool)] + [len(steps)]:
+        if end > start:
+            shape = (1, *steps[start].in_shape)
+            x_L = torch.from_numpy(lower.reshape(shape)).double()
+            x_U = torch.from_numpy(upper.reshape(shape)).double()
+            segment = nn.Sequential(*[s.layer for s in steps[start:end]])
+            with torch.no_grad():
+                result = intermediate_bounds(segment, x_L, x_U, method=method)
+            for offset, (l, u) in enumerate(result):
+                bounds[start + offset] = (l.double().reshape(-1).numpy(), u.double().reshape(-1).numpy())
+        else:
+            bounds[start] = (lower, upper)
+        if end < len(steps):
+            lower, upper = _pool_interval(steps[end].op.windows, *bounds[end])
+            start = end + 1
+            bounds[start] = (lower, upper)
+    return bounds
+
+
+def intersect(first, second):
+    """Elementwise tighter of two lists of bounds."""
+    return [(np.maximum(a[0], b[0]), np.minimum(a[1], b[1])) for a, b in zip(first, second)]
+
+
+def count_unstable(steps: list[Step], bounds) -> int:
+    """ReLUs whose input bounds straddle zero (the binaries the MILP needs)."""
+    total = 0
+    for step, (lower, upper) in zip(steps, bounds):
+        if type(step.op).__name__ == "Relu":
+            total += int(np.sum((lower < 0) & (upper > 0)))
+    return total
+
+
+def _pad(value: float, padding: float) -> float:
+    return padding * (1.0 + abs(value))
+
+
+def tighten_neurons(milp: Milp, expr, const, lower, upper, exact: bool, time_per_solve: float, deadline: float):
+    """Max and min of every unstable row of (expr, const) over the model built so far.
+
+    exact=False solves the LP relaxation, exact=True the MIP (its proved dual bound is used when a
+    solve hits its time limit). Each solve stops early once the neuron is proved stable.
+    Returns new (lower, upper) and the number of solves.
+    """
+    milp.set_integral(exact)
+    padding = milp.options.bound_padding
+    lower, upper = lower.copy(), upper.copy()
+    solves = 0
+    for i in np.flatnonzero((lower < 0) & (upper > 0)):
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            break
+        row = expr[i]
+        # max f = -min(-f); a proved min(-f) >= 0 means the ReLU is never active.
+        top = milp.minimize(-row, -const[i], min(time_per_solve, remaining), cutoff=0.0)
+        solves += 1
+        if top.status in ("infeasible", "cutoff"):
+            upper[i] = min(upper[i], 0.0)
+            continue
+        proved = top.bound  # the LP optimum, or a MIP's proved dual bound
+        if proved is not None:
+            upper[i] = min(upper[i], -proved + _pad(proved, padding))
+        if upper[i] <= 0:
+            continue
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            break
+        bottom = milp.minimize(row, const[i], min(time_per_solve, remaining), cutoff=0.0)
+        solves += 1
+        if bottom.status in ("infeasible", "cutoff"):
+            lower[i] = max(lower[i], 0.0)
+            continue
+        proved = bottom.bound
+        if proved is not None:
+            lower[i] = max(lower[i], proved - _pad(proved, padding))
+    milp.set_integral(False)
+    return lower, upper, solves
