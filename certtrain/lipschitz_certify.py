@@ -56,3 +56,31 @@ def lipschitz_certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps:
     margins = pairwise_margins(model(x), y)
     sens = margin_sensitivities(model, margins.shape[1]).to(margins)[y]
     return (margins > sens * eps).all(dim=1)
+
+
+def lipschitz_margin_lower_bounds(model: nn.Module, logits: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor):
+    """(B, K-1) lower bounds of f_y - f_j over the linf ball of radius eps, rows j != y in
+    increasing j (the order of certtrain.bounds.margin_spec), from the Lipschitz sensitivities.
+
+    Differentiable in `logits` (and in the weights through the sensitivities), so it can replace
+    bound-propagation lower bounds in a robust loss; eps may be a float or one radius per sample.
+    """
+    batch, classes = logits.shape
+    margins = logits.gather(1, y[:, None]) - logits
+    sens = _differentiable_sensitivities(model, classes).to(logits)[y]
+    eps = torch.as_tensor(eps, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+    lower = margins - sens * eps
+    keep = torch.ones_like(lower, dtype=torch.bool).scatter(1, y[:, None], False)
+    return lower[keep].view(batch, classes - 1)
+
+
+def _differentiable_sensitivities(model: nn.Module, num_classes: int) -> torch.Tensor:
+    """margin_sensitivities with gradients flowing into the last layer's weight (the body's
+    constant is taken as a number: in a Lipschitz net it is fixed by construction)."""
+    split = _split_last_linear(model)
+    if split is None:
+        return margin_sensitivities(model, num_classes)
+    body, last = split
+    weight = last.weight
+    pair_rows = (weight[:, None, :] - weight[None, :, :]).abs().sum(dim=2)
+    return pair_rows * lipschitz_bound(body, "inf")

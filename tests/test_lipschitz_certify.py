@@ -93,3 +93,19 @@ def test_temperature_cross_entropy_limits():
     assert temperature_cross_entropy(logits, y, 1.0).item() == pytest.approx(plain.item())
     # at high temperature it approaches the hinge-like mean of relu(-margin)
     assert temperature_cross_entropy(logits, y, 1000.0).item() == pytest.approx(0.2 / 2, abs=1e-3)
+
+
+def test_margin_lower_bounds_follow_the_spec_order_and_hold(trained):
+    from certtrain.lipschitz_certify import lipschitz_margin_lower_bounds
+
+    model, x, y = trained
+    eps = 0.05
+    with torch.no_grad():
+        logits = model(x)
+        lower = lipschitz_margin_lower_bounds(model, logits, y, eps)
+        assert torch.equal((lower > 0).all(dim=1), lipschitz_certified(model, x, y, eps))
+        moved = (x + eps * (2 * torch.rand_like(x) - 1))
+        logits2 = model(moved)
+    others = [[j for j in range(3) if j != label] for label in y.tolist()]
+    true_margins = torch.stack([logits2[i, y[i]] - logits2[i, others[i]] for i in range(len(y))])
+    assert (true_margins >= lower - 1e-5).all()
