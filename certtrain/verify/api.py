@@ -14,10 +14,9 @@ import torch
 from torch import nn
 
 from certtrain.attacks import pgd_attack
-from certtrain.bounds import compute_bounds, margin_spec
 from certtrain.verify.encoding import SolverOptions
 from certtrain.verify.formulation import build_formulation
-from certtrain.verify.network import has_maxpool, network_steps
+from certtrain.verify.network import network_steps
 from certtrain.verify.objectives import NORMS, min_distortion, robustness
 from certtrain.verify.perturbations import make_domain
 from certtrain.verify.result import FloatNetwork, VerificationResult, as_tensor, representable
@@ -35,21 +34,6 @@ def _classes(num_classes: int, label: int, targets) -> list[int]:
     if bad or not targets:
         raise ValueError(f"targets must be classes in [0, {num_classes}) other than the label {label}, got {targets}")
     return targets
-
-
-def _margin_verified(model, steps, domain, bounds, label, classes, method) -> bool:
-    """Every margin f_y - f_j (j in classes) has a positive lower bound by `method` on the input box."""
-    if has_maxpool(steps):  # the engine cannot run end to end: use the piecewise logit box
-        lower, upper = bounds[-1]
-        return bool(np.all(lower[label] - upper[classes] > 0))
-    shape = (1, *domain.shape)
-    x_L = torch.from_numpy(domain.box_lower.reshape(shape)).double()
-    x_U = torch.from_numpy(domain.box_upper.reshape(shape)).double()
-    spec = margin_spec(torch.tensor([label]), len(bounds[-1][0]))
-    rows = [j - (j > label) for j in classes]
-    with torch.no_grad():
-        lower, _ = compute_bounds(model, x_L, x_U, C=spec[:, rows].double(), method=method)
-    return bool((lower > 0).all())
 
 
 def _pgd_witness(model, x, label, domain, net, steps, restarts):

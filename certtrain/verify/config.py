@@ -1,0 +1,41 @@
+"""Typed schema of verify.py's configuration (conf/verify.yaml), registered in Hydra's ConfigStore.
+
+`model` and `dataset` reuse the training config groups (conf/model, conf/dataset); `model=onnx`
+is registered here, so `weights=` can then name an ONNX file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class VerifyConfig:
+    model: Any = field(default_factory=lambda: {"name": "wk17a"})  # conf/model group (name: ...) or onnx
+    dataset: Any = field(default_factory=lambda: {"name": "mnist"})  # conf/dataset group
+    weights: Optional[str] = None  # state_dict, train.py checkpoint, or .onnx file (model=onnx)
+    data_dir: str = "data"
+    eps: Optional[float] = 0.1  # L-inf radius in pixel units [0, 1]; null with unrestricted / blur
+    samples: str = "0:100"  # test indices first:stop (stop excluded)
+    out: str = "results/verify"
+    objective: str = "robustness"  # robustness | min_distortion
+    norm: str = "linf"  # min_distortion: linf | l1
+    perturbation: str = "linf"  # linf | unrestricted | blur
+    blur_kernel_size: int = 3
+    targets: Optional[List[int]] = None  # null: untargeted
+    tightening: str = "lp"  # ibp | crown | lp | mip
+    time_limit: float = 120.0  # seconds per sample
+    tightening_time_limit: float = 1.0  # seconds per LP / MIP bound solve
+    rerun: str = "never"  # never | always | timeouts | unresolved
+    threads: int = 1  # HiGHS threads
+    pgd_steps: int = 50  # the PGD-error column (and verify's own attack uses 40)
+    pgd_restarts: int = 3
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    store.store(name="verify_schema", node=VerifyConfig)
+    store.store(group="model", name="onnx", node={"name": "onnx"})

@@ -1,0 +1,63 @@
+"""Networks to verify: a zoo architecture with weights (a plain state_dict, or a train.py
+checkpoint: a dict whose "model" entry is the state_dict and whose "arch" names the model), or
+an ONNX file (`model=onnx`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from certtrain.models import ARCHITECTURES, build_model
+
+log = logging.getLogger(__name__)
+
+
+class WeightsError(ValueError):
+    """The weights file is missing, unreadable or does not fit the architecture."""
+
+
+def _state_dict(path: Path) -> tuple[dict, dict]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise WeightsError(f"weights file {path} not found; pass weights=<path to a .pth/.pt file>") from None
+    except Exception as err:
+        raise WeightsError(f"cannot read weights {path} ({err}); pass a state_dict or a train.py checkpoint") from err
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        return state["model"], state.get("arch", {})
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        return state["state_dict"], {}
+    if isinstance(state, dict):
+        return state, {}
+    raise WeightsError(f"{path} holds a {type(state).__name__}, not a state_dict; save model.state_dict()")
+
+
+def load_network(model: str, weights: str | None, dataset: str = "mnist") -> nn.Module:
+    """An eval-mode network ready for verify()."""
+    if model == "onnx":
+        if not weights:
+            raise WeightsError("model=onnx needs weights=<file.onnx>")
+        from certtrain.verify.onnx_import import load_onnx
+
+        return load_onnx(weights).eval()
+    if model not in ARCHITECTURES:
+        raise ValueError(f"unknown model {model!r}; choose one of {sorted(ARCHITECTURES)} or onnx")
+    network = build_model(model, dataset)
+    if not weights:
+        log.warning("no weights= given: verifying the untrained %s", model)
+        return network.eval()
+    state, arch = _state_dict(Path(weights))
+    if arch.get("model") not in (None, model):
+        raise WeightsError(f"{weights} is a checkpoint of model={arch['model']}, not {model}; pass model={arch['model']}")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).splitlines()[:3]
+        raise WeightsError(
+            f"weights {weights} do not fit model={model} on dataset={dataset} ({' '.join(first)}); "
+            "pass the model= and dataset= the weights were trained with"
+        ) from err
+    return network.eval()

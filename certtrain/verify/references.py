@@ -1,0 +1,44 @@
+"""The baselines a batch run reports next to the exact answer, computed outside verify()'s timing:
+PGD error (a lower bound on adversarial error) and IBP / CROWN verified error (upper bounds)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from certtrain.attacks import pgd_attack
+from certtrain.bounds import compute_bounds, margin_spec
+from certtrain.verify.network import has_maxpool, network_steps
+from certtrain.verify.perturbations import InputDomain
+from certtrain.verify.tightening import engine_bounds
+
+
+def bound_verified(model: nn.Module, domain: InputDomain, label: int, method: str) -> bool:
+    """Every margin f_y - f_j has a positive lower bound by `method` (ibp | crown) on the input box.
+
+    The engine has no max-pooling rule: such networks use the piecewise bounds of the logits.
+    """
+    steps = network_steps(model, domain.shape)
+    if has_maxpool(steps):
+        lower, upper = engine_bounds(steps, domain.box_lower, domain.box_upper, method)[-1]
+        return bool(np.all(lower[label] - np.delete(upper, label) > 0))
+    shape = (1, *domain.shape)
+    x_L = torch.from_numpy(domain.box_lower.reshape(shape)).double()
+    x_U = torch.from_numpy(domain.box_upper.reshape(shape)).double()
+    with torch.no_grad():
+        num_classes = model(x_L.to(next(model.parameters()).dtype)).shape[1]
+        lower, _ = compute_bounds(model, x_L, x_U, C=margin_spec(torch.tensor([label]), num_classes).double(),
+                                  method=method)
+    return bool((lower > 0).all())
+
+
+def pgd_finds(model: nn.Module, x: torch.Tensor, label: int, domain: InputDomain, steps: int, restarts: int) -> bool:
+    """PGD (float32, as the model runs) finds a misclassified input in the L-inf set."""
+    if not domain.is_box:
+        return False
+    radius = domain.eps if domain.name == "linf" else 1.0
+    with torch.enable_grad():
+        _, found = pgd_attack(model, x.float(), torch.tensor([label]), radius, steps=steps, restarts=restarts,
+                              generator=torch.Generator().manual_seed(0))
+    return bool(found[0])

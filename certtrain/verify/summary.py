@@ -1,0 +1,103 @@
+"""summary.json and summary.md of a batch run, in the layout of Table 1 of Tjeng et al. (2019)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from certtrain.verify.result import RESOLVED
+
+
+def _flag(row: dict, key: str) -> bool:
+    return row.get(key) == "True"
+
+
+def _numbers(rows: list[dict], key: str) -> np.ndarray:
+    return np.array([float(r[key]) for r in rows if r.get(key) not in ("", None)])
+
+
+def _mean(values: np.ndarray):
+    return float(values.mean()) if len(values) else None
+
+
+def summarize(rows: list[dict], settings: dict) -> dict:
+    n = len(rows)
+    status = [r["status"] for r in rows]
+    count = {s: status.count(s) for s in sorted(set(status))}
+    seconds = _numbers(rows, "total_seconds")
+    pct = lambda k: 100.0 * k / n if n else None
+    removed = [float(r["unstable_ibp"]) - float(r["binaries"]) for r in rows
+               if r.get("unstable_ibp") not in ("", None) and r.get("binaries") not in ("", None)]
+    return {
+        "samples": n,
+        "first": int(rows[0]["index"]) if n else None,
+        "last": int(rows[-1]["index"]) if n else None,
+        "status_counts": count,
+        "clean_error_pct": pct(count.get("misclassified", 0)),
+        "pgd_error_pct": pct(sum(_flag(r, "pgd_adversarial") for r in rows)),
+        "exact_error_lower_pct": pct(count.get("misclassified", 0) + count.get("adversarial", 0)),
+        "exact_error_upper_pct": pct(n - count.get("robust", 0)),
+        "ibp_verified_error_pct": pct(n - sum(_flag(r, "ibp_verified") for r in rows)),
+        "crown_verified_error_pct": pct(n - sum(_flag(r, "crown_verified") for r in rows)),
+        "timeouts": count.get("timeout", 0),
+        "unresolved": n - sum(count.get(s, 0) for s in RESOLVED),
+        "seconds_mean": _mean(seconds),
+        "seconds_median": float(np.median(seconds)) if len(seconds) else None,
+        "seconds_p90": float(np.percentile(seconds, 90)) if len(seconds) else None,
+        "solve_seconds_mean": _mean(_numbers(rows, "solve_seconds")),
+        "unstable_relus_ibp_mean": _mean(_numbers(rows, "unstable_ibp")),
+        "unstable_relus_crown_mean": _mean(_numbers(rows, "unstable_crown")),
+        "binaries_mean": _mean(_numbers(rows, "binaries")),
+        "binaries_removed_by_tightening_mean": _mean(np.array(removed)),
+        "resolved_by": {k: sum(r["resolved_by"] == k for r in rows) for k in sorted({r["resolved_by"] for r in rows})},
+        "settings": settings,
+    }
+
+
+def _cell(value, digits=2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def render_markdown(summary: dict) -> str:
+    s, cfg = summary, summary["settings"]
+    lines = [
+        f"# Exact verification: {cfg.get('model')} on {cfg.get('dataset')}, samples {s['first']}-{s['last']}",
+        "",
+        "Layout of Table 1 of Tjeng et al. (2019). Errors in % of the samples; the exact adversarial error's",
+        "upper bound counts every sample not proved robust (timeouts, unresolved) as adversarial.",
+        "",
+        "| Dataset | Network | eps | Test error | PGD error (lower bound) | IBP verified error | "
+        "CROWN verified error | Exact adv. error, lower | Exact adv. error, upper | Mean time / s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {cfg.get('dataset')} | {cfg.get('model')} | {cfg.get('eps')} | {_cell(s['clean_error_pct'])} | "
+        f"{_cell(s['pgd_error_pct'])} | {_cell(s['ibp_verified_error_pct'])} | {_cell(s['crown_verified_error_pct'])} | "
+        f"{_cell(s['exact_error_lower_pct'])} | {_cell(s['exact_error_upper_pct'])} | {_cell(s['seconds_mean'])} |",
+        "",
+        "| Samples | Statuses | Timeouts | Unresolved | Seconds mean / median / p90 | "
+        "Unstable ReLUs (IBP -> CROWN -> binaries) | Binaries removed by tightening |",
+        "|---|---|---|---|---|---|---|",
+        f"| {s['samples']} | {s['status_counts']} | {s['timeouts']} | {s['unresolved']} | "
+        f"{_cell(s['seconds_mean'])} / {_cell(s['seconds_median'])} / {_cell(s['seconds_p90'])} | "
+        f"{_cell(s['unstable_relus_ibp_mean'], 1)} -> {_cell(s['unstable_relus_crown_mean'], 1)} -> "
+        f"{_cell(s['binaries_mean'], 1)} | {_cell(s['binaries_removed_by_tightening_mean'], 1)} |",
+        "",
+        f"Resolved by: {s['resolved_by']} (clean = misclassified; pgd = attack confirmed in float64; "
+        "lp / mip = solver).",
+        "Times are verify() wall seconds per sample (PGD / IBP / CROWN reference columns excluded).",
+        "",
+        f"Objective {cfg.get('objective')}, perturbation {cfg.get('perturbation')}, tightening {cfg.get('tightening')}, "
+        f"time limit {cfg.get('time_limit')} s, HiGHS {cfg.get('highs')}, threads {cfg.get('threads')}.",
+        f"Command: `{cfg.get('command')}`",
+        f"Commit {cfg.get('commit')}, machine: {cfg.get('machine')}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_summary(rows: list[dict], out: Path, settings: dict) -> dict:
+    summary = summarize(rows, settings)
+    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (Path(out) / "summary.md").write_text(render_markdown(summary))
+    return summary

@@ -1,0 +1,28 @@
+"""Exact verification of test samples by mixed-integer programming (HiGHS), with resume.
+
+    python verify.py model=wk17a weights=../shared/models/wk17a_linf0.1.pth eps=0.1 samples=0:100 \
+        data_dir=../shared/data out=results/verify_wk17a
+    python verify.py ... objective=min_distortion norm=l1 perturbation=unrestricted eps=null
+    python verify.py ... perturbation=blur blur_kernel_size=3 objective=min_distortion eps=null
+    python verify.py model=onnx weights=net.onnx ...            # a network exported to ONNX
+    python verify.py ... rerun=timeouts time_limit=600          # redo only the timed-out rows
+
+Writes <out>/samples.csv (one row per sample, appended as it goes), summary.md and summary.json.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from certtrain.verify.config import register_configs
+from certtrain.verify.runner import run_from_config
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="verify")
+def main(cfg: DictConfig) -> float:
+    return run_from_config(cfg)["exact_error_upper_pct"]
+
+
+if __name__ == "__main__":
+    main()
