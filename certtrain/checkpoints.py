@@ -1,0 +1,69 @@
+"""Checkpoints that hold everything a resumed run needs to continue bit for bit (same seed, CPU).
+
+Saved: model and optimiser state, the schedule position (epochs done, global step), the RNG
+states (global torch, the data-order generator, CUDA), the wall time so far, and the
+architecture, so a checkpoint from another model is refused with a clear message. Files are
+written to a temporary name and renamed, so a crash mid-write keeps the previous checkpoint.
+Loaded with weights_only=True: only tensors and plain containers, no pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint does not fit this run; the message names the fix."""
+
+
+def save_checkpoint(path: Path, *, model, optimizer, epoch, step, data_generator, seconds, arch) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": {"epoch": epoch, "step": step},
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "data": data_generator.get_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+        "seconds": seconds,
+        "arch": dict(arch),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, *, model: nn.Module, optimizer, data_generator, arch) -> dict:
+    """Restore model, optimiser and RNG states in place; returns {"epoch", "step", "seconds"}."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(
+            f"cannot read checkpoint {path} ({err}); delete it or run without resume=true to start afresh"
+        ) from err
+    saved_arch = state.get("arch", {})
+    if saved_arch != dict(arch):
+        raise CheckpointError(
+            f"checkpoint {path} was saved by {saved_arch} but this run is {dict(arch)}; "
+            "resume with the same model and dataset, or start a new run without resume=true"
+        )
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit the model {arch.get('model')} ({str(err).splitlines()[0]}); "
+            "it comes from another architecture: start a new run without resume=true"
+        ) from err
+    optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    data_generator.set_state(state["rng"]["data"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return {"epoch": state["schedule"]["epoch"], "step": state["schedule"]["step"], "seconds": state["seconds"]}

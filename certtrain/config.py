@@ -1,0 +1,157 @@
+"""Typed schema of the training configuration, registered in Hydra's ConfigStore.
+
+`conf/config.yaml` starts from `train_schema`, so a wrong type (`eps=abc`) or an unknown key
+(`epoch=3`) fails while Hydra composes the config, before anything loads or trains.
+Range checks that a type cannot express (eps >= 0, gm.n >= 1, ...) live in `check_config`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+DEVICES = ("auto", "cpu", "cuda")
+RAMP_SHAPES = ("linear", "smoothed")
+GM_WEIGHTS = ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")
+EVAL_BOUNDS = ("ibp", "crown-ibp", "crown")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "mnist5k")
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; the message names the key and the fix."""
+
+
+@dataclass
+class MethodConfig:
+    name: str = "ibp"  # a key of certtrain.losses.ROBUST_LOSSES ("standard" trains without bounds)
+    kappa_final: float = 0.5  # weight of the clean CE at the end of the ramp (starts at 1)
+    beta_start: float = 1.0  # CROWN-IBP mixing: beta * CROWN-IBP + (1 - beta) * IBP bounds
+    beta_final: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dm_small"  # mlp | dm_small | dm_medium | dm_large | cnn7 | wk17a
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "mnist5k"
+    train_size: Optional[int] = None  # null: every training sample
+    test_size: Optional[int] = None  # null: every test sample
+    augment: bool = False  # random crop (padding 4) + horizontal flip, for CIFAR
+
+
+@dataclass
+class ScheduleConfig:
+    warmup_epochs: float = 1.0  # plain training (eps 0, kappa 1) before the ramp
+    ramp_epochs: float = 10.0  # eps 0 -> eps_train, kappa 1 -> kappa_final, beta over this span
+    ramp_shape: str = "linear"  # linear | smoothed (polynomial for the first quarter, then linear)
+    lr_milestones: List[int] = field(default_factory=list)  # epochs after which lr *= lr_gamma
+    lr_gamma: float = 0.1
+    grad_clip: Optional[float] = 10.0  # max gradient norm; null disables clipping
+
+
+@dataclass
+class GMConfig:
+    n: int = 4  # number of radii r_i = (i / n) * eps_t
+    weights: str = "inverse"  # inverse | uniform | inverse_square | linear_decreasing | increasing
+
+
+@dataclass
+class EvalConfig:
+    eps_grid: Optional[List[float]] = None  # null: eps_train x (0.25 .. 1.5) plus eps
+    every: int = 1  # evaluate on `subset` test samples every this many epochs (0: only at the end)
+    subset: int = 1000
+    bounds: List[str] = field(default_factory=lambda: ["ibp", "crown-ibp"])  # crown: small models only
+    pgd_steps: int = 20
+    pgd_restarts: int = 1
+    batch_size: int = 500
+
+
+@dataclass
+class TrainConfig:
+    method: MethodConfig = field(default_factory=MethodConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    gm: GMConfig = field(default_factory=GMConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    eps: float = 0.1  # evaluation radius, L-inf, pixel units [0, 1]
+    eps_train: Optional[float] = None  # training radius; null: eps
+    epochs: int = 20
+    batch_size: int = 100
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    data_dir: str = "data"
+    resume: bool = False
+    log_every: int = 50  # steps between train/* scalars
+
+
+def register_configs() -> None:
+    """Register the schema as `train_schema` and the `run_name` resolver used in hydra.run.dir.
+
+    Idempotent: multirun jobs and tests share one process.
+    """
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    # A run without overrides gets the folder "defaults" instead of the bare parent folder.
+    OmegaConf.register_new_resolver("run_name", lambda overrides: overrides or "defaults", replace=True)
+
+
+def _check_choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not known; choose one of {', '.join(choices)}")
+
+
+def check_config(cfg: Any, methods=None) -> None:
+    """Reject out-of-range values with a message that names the key and the fix."""
+    if cfg.eps < 0:
+        raise ConfigError(f"eps={cfg.eps} is negative; eps is an L-inf radius in pixel units, use eps >= 0")
+    if cfg.eps_train is not None and cfg.eps_train < 0:
+        raise ConfigError(f"eps_train={cfg.eps_train} is negative; use eps_train >= 0 (or null to train at eps)")
+    if cfg.gm.n < 1:
+        raise ConfigError(f"gm.n={cfg.gm.n}: the global loss needs at least one radius, use gm.n >= 1")
+    _check_choice("gm.weights", cfg.gm.weights, GM_WEIGHTS)
+    if cfg.eval.eps_grid is not None:
+        if len(cfg.eval.eps_grid) == 0:
+            raise ConfigError("eval.eps_grid is empty; give at least one radius, e.g. eval.eps_grid=[0.1,0.2], "
+                              "or null for the default grid")
+        if min(cfg.eval.eps_grid) < 0:
+            raise ConfigError(f"eval.eps_grid={list(cfg.eval.eps_grid)} has a negative radius; use radii >= 0")
+    for bound in cfg.eval.bounds:
+        _check_choice("eval.bounds entry", bound, EVAL_BOUNDS)
+    _check_choice("device", cfg.device, DEVICES)
+    _check_choice("schedule.ramp_shape", cfg.schedule.ramp_shape, RAMP_SHAPES)
+    _check_choice("dataset.name", cfg.dataset.name, DATASETS)
+    if methods is not None:
+        _check_choice("method.name", cfg.method.name, sorted(methods))
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval.batch_size": cfg.eval.batch_size}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1")
+    if cfg.lr <= 0:
+        raise ConfigError(f"lr={cfg.lr} must be positive")
+    if cfg.schedule.warmup_epochs < 0 or cfg.schedule.ramp_epochs < 0:
+        raise ConfigError("schedule.warmup_epochs and schedule.ramp_epochs must be >= 0")
+    for key in ("kappa_final", "beta_start", "beta_final"):
+        value = cfg.method[key]
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"method.{key}={value} must lie in [0, 1]")
+
+
+def train_eps(cfg: Any) -> float:
+    return cfg.eps if cfg.eps_train is None else cfg.eps_train
+
+
+def eval_grid(cfg: Any) -> list[float]:
+    """The radii of the drawdown curve: eval.eps_grid, or a default reaching beyond eps_train."""
+    if cfg.eval.eps_grid is not None:
+        return sorted({float(e) for e in cfg.eval.eps_grid})
+    top = train_eps(cfg)
+    grid = {round(top * f, 6) for f in (0.25, 0.5, 0.75, 1.0, 1.25, 1.5)} | {round(float(cfg.eps), 6)}
+    return sorted(grid)

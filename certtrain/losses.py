@@ -1,0 +1,160 @@
+"""Certified-training losses: kappa * CE(f(x), y) + (1 - kappa) * L_rob.
+
+L_rob comes from the lower bounds m of the margins f_y - f_j (j != y): CE(-m, y) with m padded
+with 0 at the true class. Methods are entries of ROBUST_LOSSES, keyed by `method.name`;
+a new method registers one function with `@register_robust_loss("name")`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class RobustContext:
+    """What a robust loss may use at one training step."""
+
+    model: nn.Module
+    x: torch.Tensor  # clean batch in [0, 1]
+    y: torch.Tensor
+    eps: float  # current radius eps_t
+    beta: float  # CROWN-IBP mixing weight
+    gm_n: int = 1
+    gm_weights: str = "inverse"
+    num_classes: int = 10
+
+
+RobustLoss = Callable[[RobustContext], torch.Tensor]
+ROBUST_LOSSES: dict[str, RobustLoss | None] = {"standard": None}
+
+
+def register_robust_loss(name: str) -> Callable[[RobustLoss], RobustLoss]:
+    def add(fn: RobustLoss) -> RobustLoss:
+        ROBUST_LOSSES[name] = fn
+        return fn
+
+    return add
+
+
+def get_robust_loss(name: str) -> RobustLoss | None:
+    if name not in ROBUST_LOSSES:
+        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(ROBUST_LOSSES))}")
+    return ROBUST_LOSSES[name]
+
+
+def input_box(x: torch.Tensor, radius: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L-inf ball of `radius` around x, clipped to the pixel range [0, 1]."""
+    return (x - radius).clamp(0.0, 1.0), (x + radius).clamp(0.0, 1.0)
+
+
+def robust_cross_entropy(margin_lower: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample CE(-m, y): m (B, K-1) lower bounds of f_y - f_j for j != y in increasing j."""
+    batch, others = margin_lower.shape
+    worst_logits = margin_lower.new_zeros(batch, others + 1)
+    is_other = torch.ones_like(worst_logits, dtype=torch.bool)
+    is_other[torch.arange(batch, device=y.device), y] = False
+    # Boolean indexing walks rows in order, matching the spec's increasing-j rows.
+    worst_logits = worst_logits.masked_scatter(is_other, -margin_lower)
+    return F.cross_entropy(worst_logits, y, reduction="none")
+
+
+def margin_lower_bounds(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_lower, x_upper, beta: float, num_classes: int
+) -> torch.Tensor:
+    """beta * m_CROWN-IBP + (1 - beta) * m_IBP; the CROWN pass is skipped at beta = 0 and the
+    IBP pass at beta = 1. `x` is the clean batch (BatchNorm statistics come from it)."""
+    from certtrain.bounds import lower_bounds, margin_spec
+
+    spec = margin_spec(y, num_classes)
+    if beta <= 0.0:
+        return lower_bounds(model, x_lower, x_upper, spec, method="ibp", x=x)
+    crown = lower_bounds(model, x_lower, x_upper, spec, method="crown-ibp", x=x)
+    if beta >= 1.0:
+        return crown
+    ibp = lower_bounds(model, x_lower, x_upper, spec, method="ibp", x=x)
+    return beta * crown + (1.0 - beta) * ibp
+
+
+def radius_weights(n: int, scheme: str) -> torch.Tensor:
+    """Weights c_1..c_n of the radii r_i = (i / n) eps, normalised to sum to 1."""
+    if n < 1:
+        raise ValueError(f"gm.n={n}: the global loss needs at least one radius, use gm.n >= 1")
+    i = torch.arange(1, n + 1, dtype=torch.float64)
+    raw = {
+        "inverse": 1.0 / i,  # c_i proportional to 1 / r_i: the GM loss of Liang et al.
+        "uniform": torch.ones_like(i),
+        "inverse_square": 1.0 / i**2,
+        "linear_decreasing": n + 1 - i,
+        "increasing": i,  # a control: weights the largest radius most
+    }
+    if scheme not in raw:
+        raise ValueError(f"gm.weights={scheme!r} is not known; choose one of {', '.join(raw)}")
+    return (raw[scheme] / raw[scheme].sum()).float()
+
+
+def radius_grid(eps: float, n: int) -> torch.Tensor:
+    """r_i = (i / n) eps for i = 1..n (r_n = eps exactly)."""
+    return torch.tensor([eps * i / n for i in range(1, n + 1)], dtype=torch.float32)
+
+
+def global_robust_loss(ctx: RobustContext, beta: float) -> torch.Tensor:
+    """sum_i c_i mean_batch CE(-m(x, r_i), y), all radii in ONE bound call (boxes stacked along
+    the batch). With n = 1 this is exactly the local loss."""
+    n, batch = ctx.gm_n, len(ctx.x)
+    radii = radius_grid(ctx.eps, n).to(ctx.x.device)
+    weights = radius_weights(n, ctx.gm_weights).to(ctx.x.device)
+    stacked = ctx.x.repeat(n, *([1] * (ctx.x.dim() - 1)))
+    per_sample_radius = radii.repeat_interleave(batch).view(-1, *([1] * (ctx.x.dim() - 1)))
+    x_lower, x_upper = input_box(stacked, per_sample_radius)
+    labels = ctx.y.repeat(n)
+    margins = margin_lower_bounds(ctx.model, ctx.x, labels, x_lower, x_upper, beta, ctx.num_classes)
+    per_radius = robust_cross_entropy(margins, labels).view(n, batch).mean(dim=1)
+    return (weights * per_radius).sum()
+
+
+@register_robust_loss("ibp")
+def ibp_loss(ctx: RobustContext) -> torch.Tensor:
+    return global_robust_loss(_local(ctx), beta=0.0)
+
+
+@register_robust_loss("crown_ibp")
+def crown_ibp_loss(ctx: RobustContext) -> torch.Tensor:
+    return global_robust_loss(_local(ctx), beta=ctx.beta)
+
+
+@register_robust_loss("gm_ibp")
+def gm_ibp_loss(ctx: RobustContext) -> torch.Tensor:
+    return global_robust_loss(ctx, beta=0.0)
+
+
+@register_robust_loss("gm_crown_ibp")
+def gm_crown_ibp_loss(ctx: RobustContext) -> torch.Tensor:
+    return global_robust_loss(ctx, beta=ctx.beta)
+
+
+def _local(ctx: RobustContext) -> RobustContext:
+    """The local loss is the global one with a single radius eps_t (weight 1)."""
+    return RobustContext(ctx.model, ctx.x, ctx.y, ctx.eps, ctx.beta, 1, "uniform", ctx.num_classes)
+
+
+def training_loss(
+    method: str, ctx: RobustContext, kappa: float, logits: torch.Tensor | None = None
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """kappa * CE(f(x), y) + (1 - kappa) * L_rob; also returns the parts for logging.
+
+    The robust term is skipped (not just weighted by 0) when kappa is 1 or eps is 0, so warm-up
+    epochs cost what plain training costs.
+    """
+    robust_fn = get_robust_loss(method)
+    logits = ctx.model(ctx.x) if logits is None else logits
+    clean = F.cross_entropy(logits, ctx.y)
+    if robust_fn is None or kappa >= 1.0 or ctx.eps <= 0.0:
+        return clean, {"clean_ce": clean.item()}
+    robust = robust_fn(ctx)
+    loss = kappa * clean + (1.0 - kappa) * robust
+    return loss, {"clean_ce": clean.item(), "robust_ce": robust.item()}
