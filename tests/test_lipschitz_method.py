@@ -1,0 +1,53 @@
+"""method=lipschitz pieces: the robust loss on certified margins and the any-method certifier."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from certtrain.lipschitz_certify import lipschitz_certified
+from certtrain.lipschitz_losses import multiclass_hinge
+from certtrain.lipschitz_method import certify_any, lipschitz_robust_loss
+from certtrain.models.lipschitz_zoo import lipschitz_mlp
+
+
+@pytest.fixture(scope="module")
+def model_and_batch():
+    torch.manual_seed(0)
+    model = lipschitz_mlp(in_channels=1, in_size=4, num_classes=4, width=8, lipschitz_const=3.0).eval()
+    return model, torch.rand(40, 1, 4, 4), torch.arange(40) % 4
+
+
+def test_loss_at_eps_zero_is_the_plain_loss(model_and_batch):
+    model, x, y = model_and_batch
+    logits = model(x)
+    torch.testing.assert_close(lipschitz_robust_loss(model, logits, y, 0.0, "ce", 1.0), F.cross_entropy(logits, y))
+    torch.testing.assert_close(
+        lipschitz_robust_loss(model, logits, y, 0.0, "hinge", margin=0.3), multiclass_hinge(logits, y, 0.3)
+    )
+
+
+def test_loss_grows_with_eps_and_trains_the_weights(model_and_batch):
+    model, x, y = model_and_batch
+    logits = model(x)
+    small, large = (lipschitz_robust_loss(model, logits, y, e, "ce", 4.0) for e in (0.01, 0.2))
+    assert large > small
+    large.backward()
+    assert model[-1].parametrizations.weight.original.grad.abs().sum() > 0
+
+
+def test_unknown_loss_is_rejected(model_and_batch):
+    model, x, y = model_and_batch
+    with pytest.raises(ValueError, match="hinge"):
+        lipschitz_robust_loss(model, model(x), y, 0.1, "mse")
+
+
+def test_certify_any_contains_the_lipschitz_certificate(model_and_batch):
+    pytest.importorskip("certtrain.bounds")
+    model, x, y = model_and_batch
+    for eps in (0.0, 0.005, 0.02):
+        lip = lipschitz_certified(model, x, y, eps)
+        both = certify_any(model, x, y, eps, 4, bounds=("ibp",))
+        assert (both | ~lip).all()  # everything the certificate proves stays proven
+        with torch.no_grad():
+            correct = model(x).argmax(1) == y
+        assert (correct | ~both).all()  # nothing misclassified is ever certified
