@@ -1,0 +1,92 @@
+"""Backward linear relaxation (CROWN) and the bounds of intermediate layers it needs."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from certtrain.bounds.ops import AffineOp, FlattenOp, ScaleShiftOp
+
+# Largest number of elements one chunk of intermediate-bound rows may occupy in any layer
+# (2^26 float32 = 256 MiB): bounds every neuron of a wide conv layer without running out of memory.
+ROW_CHUNK_ELEMENTS = 1 << 26
+
+
+def concretize_lower(A, bias, x_L, x_U):
+    """min over the box of A x + bias. A: (Ba, S, *input_shape) with Ba in {1, B}."""
+    center = ((x_U + x_L) / 2).flatten(1).unsqueeze(-1)
+    radius = ((x_U - x_L) / 2).flatten(1).unsqueeze(-1)
+    A = A.flatten(2)
+    lower = (A.matmul(center) - A.abs().matmul(radius)).squeeze(-1)
+    return lower if bias is None else lower + bias
+
+
+def backward_lower(ops, A, in_bounds, x_L, x_U):
+    """Lower bound of A ops(x) over the box [x_L, x_U].
+
+    A: (Ba, S, *output shape of ops[-1]). in_bounds[i]: bounds of the input of ops[i]
+    (only read for activation ops).
+    """
+    bias = None
+    for index in range(len(ops) - 1, -1, -1):
+        A, term = ops[index].backward(A, in_bounds[index])
+        if term is not None:
+            bias = term if bias is None else bias + term
+        if A is None:  # an op fell back to its output interval: nothing below it matters
+            return bias.expand(x_L.shape[0], -1)
+    return concretize_lower(A, bias, x_L, x_U)
+
+
+def backward_bounds(ops, C, in_bounds, x_L, x_U):
+    """(lower, upper) of C ops(x) by one backward pass over the stacked rows [C; -C]."""
+    rows = C.shape[1]
+    lower = backward_lower(ops, torch.cat((C, -C), dim=1), in_bounds, x_L, x_U)
+    return lower[:, :rows], -lower[:, rows:]
+
+
+def _interval_is_exact(ops) -> bool:
+    """Interval arithmetic is exact for a chain with one general affine map and otherwise only
+    per-channel scalings and reshapes (|D2 W D1| = |D2| |W| |D1|): CROWN gives the same there."""
+    general = 0
+    for op in ops:
+        if not isinstance(op, AffineOp):
+            return False
+        if not isinstance(op, (ScaleShiftOp, FlattenOp)):
+            general += 1
+    return general <= 1
+
+
+def crown_output_bounds(ops, rows, shape, in_bounds, x_L, x_U):
+    """Bounds of the output neurons `rows` (flat indices) of ops(x), whose output has `shape`
+    (no batch): one backward pass per chunk of rows. Returns (lower, upper), (B, len(rows))."""
+    batch = x_L.shape[0]
+    widest = max([math.prod(op.in_shape) for op in ops] + [math.prod(shape)])
+    chunk = max(1, ROW_CHUNK_ELEMENTS // (2 * batch * widest))
+    lowers, uppers = [], []
+    for start in range(0, len(rows), chunk):
+        picked = rows[start : start + chunk]
+        spec = torch.zeros(len(picked), math.prod(shape), dtype=x_L.dtype, device=x_L.device)
+        spec[torch.arange(len(picked)), picked] = 1.0
+        lower, upper = backward_bounds(ops, spec.reshape(1, len(picked), *shape), in_bounds, x_L, x_U)
+        lowers.append(lower)
+        uppers.append(upper)
+    return torch.cat(lowers, 1), torch.cat(uppers, 1)
+
+
+def crown_intermediate_pass(ops, x_L, x_U):
+    """Bounds of every op's input (and the output), where the input of every activation is
+    bounded by the backward relaxation from that layer, for every neuron (as auto_LiRPA does: an
+    intersection with interval bounds would be tighter, but would no longer be CROWN's numbers);
+    affine layers propagate intervals.
+
+    Returns a list of len(ops) + 1 (lower, upper) pairs, like the interval pass.
+    """
+    bounds = [(x_L, x_U)]
+    for index, op in enumerate(ops):
+        if not isinstance(op, AffineOp) and index > 0 and not _interval_is_exact(ops[:index]):
+            rows = torch.arange(math.prod(op.in_shape), device=x_L.device)
+            lower, upper = crown_output_bounds(ops[:index], rows, op.in_shape, bounds, x_L, x_U)
+            bounds[index] = (lower.reshape(x_L.shape[0], *op.in_shape), upper.reshape(x_L.shape[0], *op.in_shape))
+        bounds.append(op.interval(*bounds[index]))
+    return bounds

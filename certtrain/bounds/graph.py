@@ -1,0 +1,145 @@
+"""Turn an nn.Sequential into the list of bound ops the engine propagates through."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from certtrain.bounds.ops import (
+    AvgPoolOp,
+    ConvOp,
+    FlattenOp,
+    GroupSortOp,
+    LinearOp,
+    ReLUOp,
+    ScaleShiftOp,
+)
+from certtrain.models.layers import GroupSort, Normalize
+
+SUPPORTED = (
+    "Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d, AvgPool2d, Identity, Dropout, Normalize, GroupSort"
+)
+
+
+class UnsupportedLayerError(ValueError):
+    """The engine has no sound rule for a layer."""
+
+
+def flatten_layers(model: nn.Module) -> list[nn.Module]:
+    """The layers of an nn.Sequential in order, nested Sequentials flattened."""
+    if not isinstance(model, nn.Sequential):
+        raise UnsupportedLayerError(
+            f"the bound engine takes an nn.Sequential, got {type(model).__name__}; "
+            "wrap the layers in nn.Sequential"
+        )
+    layers = []
+    for child in model:
+        layers.extend(flatten_layers(child) if isinstance(child, nn.Sequential) else [child])
+    return layers
+
+
+def _unsupported(index, layer, why=""):
+    raise UnsupportedLayerError(
+        f"layer {index} ({type(layer).__name__}) cannot be bounded{': ' + why if why else ''}. "
+        f"Supported: {SUPPORTED}"
+    )
+
+
+def _batchnorm_op(index, layer, layer_input):
+    """BatchNorm as a fixed per-channel affine map.
+
+    Eval mode: running statistics. Training mode: the statistics of the clean batch (Shi et al.
+    2021), so every point of the box is normalised like the clean input it perturbs.
+    """
+    if layer.training or not layer.track_running_stats:
+        if layer_input is None:
+            raise ValueError(
+                f"layer {index} ({type(layer).__name__}) is in training mode: pass the clean batch as x= "
+                "so its statistics can be used, or call model.eval()"
+            )
+        dims = [0] + list(range(2, layer_input.dim()))
+        mean = layer_input.mean(dims)
+        var = layer_input.var(dims, unbiased=False)
+    else:
+        mean, var = layer.running_mean, layer.running_var
+    scale = torch.rsqrt(var + layer.eps)
+    if layer.affine:
+        scale = scale * layer.weight
+        shift = layer.bias - mean * scale
+    else:
+        shift = -mean * scale
+    return ScaleShiftOp(scale, shift)
+
+
+def _make_op(index, layer, layer_input):
+    if isinstance(layer, nn.Linear):
+        return LinearOp(layer.weight, layer.bias)
+    if isinstance(layer, nn.Conv2d):
+        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            _unsupported(index, layer, "only numeric zero padding is supported")
+        return ConvOp(layer)
+    if isinstance(layer, nn.ReLU):
+        return ReLUOp()
+    if isinstance(layer, nn.Flatten):
+        if layer.start_dim != 1 or layer.end_dim != -1:
+            _unsupported(index, layer, "only Flatten(start_dim=1, end_dim=-1) is supported")
+        return FlattenOp()
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return _batchnorm_op(index, layer, layer_input)
+    if isinstance(layer, Normalize):
+        return ScaleShiftOp(1.0 / layer.std, -layer.mean / layer.std)
+    if isinstance(layer, nn.AvgPool2d):
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        if pair(layer.padding) != (0, 0) or layer.ceil_mode or layer.divisor_override is not None:
+            _unsupported(index, layer, "only AvgPool2d without padding, ceil_mode or divisor_override")
+        return AvgPoolOp(pair(layer.kernel_size), pair(layer.stride))
+    if isinstance(layer, GroupSort):
+        return GroupSortOp(layer.group_size)
+    _unsupported(index, layer)
+
+
+def _is_identity(index, layer) -> bool:
+    if isinstance(layer, nn.Identity):
+        return True
+    if isinstance(layer, nn.Dropout):
+        if layer.training and layer.p > 0:
+            raise UnsupportedLayerError(
+                f"layer {index} (Dropout) is in training mode, where the network is random: "
+                "call model.eval() before bounding, or drop the Dropout layer"
+            )
+        return True
+    return False
+
+
+def build_ops(model: nn.Module, x: torch.Tensor | None, sample: torch.Tensor):
+    """Ops for `model`, with each op's `in_shape` set.
+
+    x: the clean batch (needed for BatchNorm in training mode), or None.
+    sample: any input of the right shape, used only to infer shapes.
+    Returns (ops, layer_index, out_shape): layer_index[k] is the position in
+    flatten_layers(model) of the layer behind ops[k]; out_shape is the output shape (no batch).
+    """
+    layers = [(i, layer) for i, layer in enumerate(flatten_layers(model)) if not _is_identity(i, layer)]
+    if not layers:
+        raise UnsupportedLayerError("the model has no layer the bound engine can propagate through")
+    ops = []
+    clean = x
+    probe = sample[:1]
+    for index, layer in layers:
+        op = _make_op(index, layer, clean)
+        op.in_shape = tuple(probe.shape[1:])
+        with torch.no_grad():
+            probe = op.forward(probe)
+        if clean is not None and _needs_clean_input(layers, index):
+            clean = op.forward(clean)
+        ops.append(op)
+    return ops, [index for index, _ in layers], tuple(probe.shape[1:])
+
+
+def _needs_clean_input(layers, index) -> bool:
+    """Whether a later layer is a BatchNorm in training mode (then the clean pass must go on)."""
+    return any(
+        isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)) and (layer.training or not layer.track_running_stats)
+        for i, layer in layers
+        if i > index
+    )

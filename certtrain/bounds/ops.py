@@ -1,0 +1,248 @@
+"""Per-layer bound rules.
+
+Every op acts on tensors with a leading batch dimension. Two kinds:
+
+* affine ops (y = W x + b): `forward`, `interval` (centre/radius form, exact for one affine
+  map over a box) and `backward` (A -> A W plus the bias term A b);
+* activation ops: `forward`, `interval` on (lower, upper), and `backward`, which replaces the
+  activation by sound linear bounds given the bounds of its input.
+
+Backward rules always produce a LOWER bound of A y; an upper bound is minus the lower bound of
+-A y. A has shape (Ba, S, *shape), where S counts specification rows and Ba is either the batch
+size or 1 (rows shared by every sample until a per-sample relaxation multiplies them).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _sum_rows(t: torch.Tensor) -> torch.Tensor:
+    """Sum all dims after (Ba, S)."""
+    return t.flatten(2).sum(-1)
+
+
+class AffineOp:
+    """y = W x + b, with W given implicitly by the subclass."""
+
+    in_shape: tuple[int, ...] = ()
+
+    def forward(self, x):  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    def abs_apply(self, radius):
+        """|W| radius: how far the image of a box reaches around the image of its centre."""
+        raise NotImplementedError
+
+    def transpose(self, A):
+        """A W (no bias)."""
+        raise NotImplementedError
+
+    def bias_term(self, A):
+        """A b summed over the layer's outputs, shape (Ba, S); None when there is no bias."""
+        return None
+
+    def interval(self, lower, upper):
+        center, radius = (upper + lower) / 2, (upper - lower) / 2
+        center, radius = self.forward(center), self.abs_apply(radius)
+        return center - radius, center + radius
+
+    def backward(self, A, in_bounds=None):
+        return self.transpose(A), self.bias_term(A)
+
+
+class LinearOp(AffineOp):
+    def __init__(self, weight, bias):
+        self.weight, self.bias = weight, bias
+
+    def forward(self, x):
+        return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def abs_apply(self, radius):
+        return F.linear(radius, self.weight.to(radius.dtype).abs())
+
+    def transpose(self, A):
+        return A.matmul(self.weight.to(A.dtype))
+
+    def bias_term(self, A):
+        return None if self.bias is None else A.matmul(self.bias.to(A.dtype))
+
+
+class ConvOp(AffineOp):
+    """Conv2d with zero padding; its transpose is one conv_transpose2d over all spec rows."""
+
+    def __init__(self, module):
+        self.weight, self.bias = module.weight, module.bias
+        self.stride, self.padding = module.stride, module.padding
+        self.dilation, self.groups = module.dilation, module.groups
+
+    def _conv(self, x, weight, bias):
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x):
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return self._conv(x, self.weight.to(x.dtype), bias)
+
+    def abs_apply(self, radius):
+        return self._conv(radius, self.weight.to(radius.dtype).abs(), None)
+
+    def transpose(self, A):
+        rows, out_shape = A.shape[:2], A.shape[2:]
+        in_h, in_w = self.in_shape[1:]
+        kh, kw = self.weight.shape[2:]
+        # conv_transpose2d cannot tell which input size a strided conv came from: pad the rest.
+        extra = tuple(
+            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, out, s, p, d, k in zip(
+                (in_h, in_w), out_shape[1:], self.stride, self.padding, self.dilation, (kh, kw)
+            )
+        )
+        A_in = F.conv_transpose2d(
+            A.reshape(-1, *out_shape),
+            self.weight.to(A.dtype),
+            None,
+            self.stride,
+            self.padding,
+            extra,
+            self.groups,
+            self.dilation,
+        )
+        return A_in.reshape(*rows, *A_in.shape[1:])
+
+    def bias_term(self, A):
+        return None if self.bias is None else A.sum((-1, -2)).matmul(self.bias.to(A.dtype))
+
+
+class ScaleShiftOp(AffineOp):
+    """y = x * scale + shift per channel: Normalize, and BatchNorm once its statistics are fixed."""
+
+    def __init__(self, scale, shift):
+        # scale, shift: (C,); broadcast over the spatial dims of the input.
+        self.scale, self.shift = scale, shift
+
+    def _view(self, t, ndim):
+        return t.view(-1, *([1] * (ndim - 2)))
+
+    def forward(self, x):
+        return x * self._view(self.scale, x.dim()).to(x.dtype) + self._view(self.shift, x.dim()).to(x.dtype)
+
+    def abs_apply(self, radius):
+        return radius * self._view(self.scale, radius.dim()).to(radius.dtype).abs()
+
+    def transpose(self, A):
+        return A * self._view(self.scale, A.dim() - 1).to(A.dtype)
+
+    def bias_term(self, A):
+        return _sum_rows(A * self._view(self.shift, A.dim() - 1).to(A.dtype))
+
+
+class AvgPoolOp(AffineOp):
+    """AvgPool2d without padding: a depthwise convolution with constant weights 1/k^2."""
+
+    def __init__(self, kernel_size, stride):
+        self.kernel, self.stride = kernel_size, stride
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel, self.stride)
+
+    def abs_apply(self, radius):
+        return F.avg_pool2d(radius, self.kernel, self.stride)
+
+    def transpose(self, A):
+        rows, out_shape = A.shape[:2], A.shape[2:]
+        channels, in_h, in_w = self.in_shape
+        kh, kw = self.kernel
+        weight = A.new_full((channels, 1, kh, kw), 1.0 / (kh * kw))
+        extra = tuple(size - ((out - 1) * s + k) for size, out, s, k in zip((in_h, in_w), out_shape[1:], self.stride, (kh, kw)))
+        A_in = F.conv_transpose2d(A.reshape(-1, *out_shape), weight, None, self.stride, 0, extra, channels)
+        return A_in.reshape(*rows, *A_in.shape[1:])
+
+
+class FlattenOp(AffineOp):
+    def forward(self, x):
+        return x.flatten(1)
+
+    def abs_apply(self, radius):
+        return radius.flatten(1)
+
+    def transpose(self, A):
+        return A.reshape(*A.shape[:2], *self.in_shape)
+
+
+def relu_relaxation(lower, upper):
+    """Linear bounds a x <= relu(x) <= d x + c on [lower, upper], elementwise.
+
+    Unstable neurons (l < 0 < u): upper line through (l, 0) and (u, u); lower slope 1 when
+    u > -l, else 0 (the adaptive choice of CROWN-IBP / auto_LiRPA). Stable neurons are exact.
+    Returns (a, d, c).
+    """
+    lower_neg = lower.clamp(max=0)
+    upper_pos = upper.clamp(min=0)
+    # The 1e-12 floor only matters where both are 0 (then d = 0); it never loosens a bound.
+    d = upper_pos / (upper_pos - lower_neg).clamp(min=1e-12)
+    c = -lower_neg * d
+    a = (d > 0.5).to(d.dtype)
+    return a, d, c
+
+
+class ReLUOp:
+    def forward(self, x):
+        return x.clamp(min=0)
+
+    def interval(self, lower, upper):
+        return lower.clamp(min=0), upper.clamp(min=0)
+
+    def backward(self, A, in_bounds):
+        a, d, c = relu_relaxation(*in_bounds)
+        a, d, c = a.unsqueeze(1), d.unsqueeze(1), c.unsqueeze(1)
+        A_pos, A_neg = A.clamp(min=0), A.clamp(max=0)
+        return A_pos * a + A_neg * d, _sum_rows(A_neg * c)
+
+
+class GroupSortOp:
+    """Sorting inside groups of `group_size` features along dim 1.
+
+    Interval: exact, by sorting the lower and the upper bounds separately (the k-th smallest of
+    the inputs lies between the k-th smallest lower bound and the k-th smallest upper bound).
+    Backward relaxation: for MaxMin (group_size 2) the pair (a, b) maps to
+    (min, max) = (b - relu(b - a), a + relu(b - a)), and relu(b - a) gets the ReLU relaxation with
+    the interval of b - a taken from the input intervals, which is sound. For larger groups the
+    backward pass falls back to the layer's output interval (A y >= A+ y_L + A- y_U), which stops
+    the backward pass at this layer: sound, but the input dependence below is lost.
+    """
+
+    def __init__(self, group_size):
+        self.group_size = group_size
+
+    def _groups(self, t):
+        return t.reshape(t.shape[0], -1, self.group_size, *t.shape[2:])
+
+    def forward(self, x):
+        return self._groups(x).sort(dim=2).values.reshape(x.shape)
+
+    def interval(self, lower, upper):
+        sort = lambda t: self._groups(t).sort(dim=2).values.reshape(t.shape)  # noqa: E731
+        return sort(lower), sort(upper)
+
+    @property
+    def exact_backward(self) -> bool:
+        return self.group_size == 2
+
+    def backward(self, A, in_bounds):
+        lower, upper = in_bounds
+        if not self.exact_backward:
+            out_lower, out_upper = self.interval(lower, upper)
+            bias = _sum_rows(A.clamp(min=0) * out_lower.unsqueeze(1) + A.clamp(max=0) * out_upper.unsqueeze(1))
+            return None, bias
+        pair = lambda t: t.reshape(*t.shape[:2], -1, 2, *t.shape[3:])  # noqa: E731
+        A_pairs = pair(A)
+        A_min, A_max = A_pairs[:, :, :, 0], A_pairs[:, :, :, 1]
+        lo, up = lower.reshape(lower.shape[0], -1, 2, *lower.shape[2:]), upper.reshape(upper.shape[0], -1, 2, *upper.shape[2:])
+        # d = b - a, where a is the first and b the second member of each pair.
+        a_slope, d_slope, d_intercept = relu_relaxation(lo[:, :, 1] - up[:, :, 0], up[:, :, 1] - lo[:, :, 0])
+        gain = A_max - A_min  # coefficient of relu(d) in A y
+        gain_pos, gain_neg = gain.clamp(min=0), gain.clamp(max=0)
+        coeff_d = gain_pos * a_slope.unsqueeze(1) + gain_neg * d_slope.unsqueeze(1)
+        A_in = torch.stack((A_max - coeff_d, A_min + coeff_d), dim=3).reshape(A.shape)
+        return A_in, _sum_rows(gain_neg * d_intercept.unsqueeze(1))
