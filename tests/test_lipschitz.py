@@ -112,6 +112,19 @@ def test_freeze_keeps_the_function_and_saves_the_normalised_weight():
     assert set(state) == {"weight", "bias"} and operator_norm(state["weight"], "one") <= 0.3 * (1 + 1e-6)
 
 
+def test_frozen_model_loads_into_a_plain_mlp():
+    from certtrain.models.lipschitz import freeze_lipschitz_
+
+    torch.manual_seed(0)
+    model = lipschitz_mlp(in_channels=1, in_size=4, num_classes=3, width=8, depth=3)
+    x = torch.rand(5, 1, 4, 4)
+    before = model(x)
+    state = freeze_lipschitz_(model).state_dict()
+    plain = nn.Sequential(model[0], nn.Flatten(), nn.Linear(16, 8), GroupSort(2), nn.Linear(8, 8), GroupSort(2), nn.Linear(8, 3))
+    plain.load_state_dict(state)
+    torch.testing.assert_close(plain(x), before)
+
+
 def test_direct_mode_state_dict_round_trip():
     torch.manual_seed(0)
     model = lipschitz_mlp(in_channels=1, in_size=4, num_classes=3, width=8, depth=3)

@@ -131,6 +131,15 @@ def project_lipschitz_(model: nn.Module) -> None:
             module.project_()
 
 
+def freeze_lipschitz_(model: nn.Module) -> nn.Module:
+    """Freeze every LipschitzLinear of `model` for inference/export: the state_dict then holds the
+    normalised weights under the plain nn.Linear keys ("weight", "bias")."""
+    for module in model.modules():
+        if isinstance(module, LipschitzLinear):
+            module.freeze()
+    return model
+
+
 def attach_projection(optimizer: torch.optim.Optimizer, model: nn.Module):
     """Run `project_lipschitz_(model)` after every `optimizer.step()`; returns the hook handle."""
     return optimizer.register_step_post_hook(lambda *_: project_lipschitz_(model))
