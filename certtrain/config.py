@@ -108,8 +108,22 @@ def _check_choice(key: str, value: str, choices) -> None:
         raise ConfigError(f"{key}={value!r} is not known; choose one of {', '.join(choices)}")
 
 
+def _unknown_keys(cfg: Any, schema: Any, prefix: str = "") -> list[str]:
+    unknown = []
+    for key in cfg.keys():
+        if key not in schema:
+            unknown.append(prefix + str(key))
+        elif OmegaConf.is_dict(schema[key]) and OmegaConf.is_dict(cfg[key]):
+            unknown += _unknown_keys(cfg[key], schema[key], f"{prefix}{key}.")
+    return unknown
+
+
 def check_config(cfg: Any, methods=None) -> None:
-    """Reject out-of-range values with a message that names the key and the fix."""
+    """Reject unknown keys (also those forced in with `+key=`) and out-of-range values,
+    with a message that names the key and the fix."""
+    unknown = [key for key in _unknown_keys(cfg, OmegaConf.structured(TrainConfig)) if key != "hydra"]
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; see conf/config.yaml for the valid keys")
     if cfg.eps < 0:
         raise ConfigError(f"eps={cfg.eps} is negative; eps is an L-inf radius in pixel units, use eps >= 0")
     if cfg.eps_train is not None and cfg.eps_train < 0:

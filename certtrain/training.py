@@ -173,7 +173,7 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
             if cfg.eval.every and (epoch + 1) % cfg.eval.every == 0 and epoch + 1 < cfg.epochs:
                 metrics = evaluate(model, test_split.subset(cfg.eval.subset), **evaluation)
                 log_eval_scalars(writer, metrics, step)
-                line += f"  | val clean {metrics['clean_err']:.4f}  " + _verified_summary(metrics, train_eps(cfg))
+                line += f"  | val clean {metrics['clean_err']:.4f}  " + _verified_summary(metrics, cfg.eps)
             log.info(line)
             seconds = seconds_before + time.perf_counter() - started
             save_checkpoint(

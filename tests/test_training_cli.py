@@ -1,0 +1,169 @@
+"""The real CLI for each method on a tiny data set, a multirun, resume, and bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from certtrain import training
+from certtrain.checkpoints import CheckpointError
+from certtrain.config import register_configs
+from certtrain.data import DataError
+from certtrain.training import TrainingDiverged, train
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["standard", "ibp", "crown_ibp", "gm_ibp", "gm_crown_ibp"]
+# A few seconds per run: 64 training and 16 test images, one epoch, two radii.
+TINY = [
+    "dataset=mnist", "dataset.train_size=64", "dataset.test_size=16", "batch_size=32", "epochs=2",
+    "model=mlp", "eps=0.1", "schedule.warmup_epochs=0", "schedule.ramp_epochs=1", "eval.every=1",
+    "eval.subset=8", "eval.pgd_steps=2", "eval.eps_grid=[0.05,0.1]", "gm.n=2", "device=cpu", "log_every=1",
+]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny MNIST in the standard layout: MNIST/raw/*-ubyte.gz (random pixels, random labels)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 64), ("t10k", 16)):
+        for kind, array in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", rng.integers(0, 10, n))):
+            path = root / "MNIST" / "raw" / f"{prefix}-{kind}-ubyte.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+            path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+    return root
+
+
+def run_cli(*overrides, cwd=ROOT):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def compose_config(*overrides):
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def scalar_tags(run_dir: Path) -> set[str]:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return set(events.Tags()["scalars"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", METHODS)
+def test_cli_trains_each_method_and_writes_the_contracted_outputs(method, data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli(f"method={method}", *TINY, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["clean_err"] <= 1.0
+    assert set(metrics["pgd_err"]) == {"0.05", "0.1"}
+    assert set(metrics["verified_err"]) == {"ibp", "crown-ibp"}
+    for curve in metrics["verified_err"].values():
+        for eps, err in curve.items():
+            assert metrics["pgd_err"][eps] <= err  # PGD finds errors only where no certificate holds
+    assert metrics["epochs"] == 2 and metrics["data_source"].startswith("mnist:")
+    tags = scalar_tags(run_dir)
+    expected = {"train/loss", "train/eps", "train/kappa", "train/beta", "val/clean_err", "val/pgd_err/eps_0.1",
+                "val/verified_err/ibp/eps_0.05", "val/verified_err/crown-ibp/eps_0.1"}
+    assert expected <= tags
+    # hparams live in the run's own event file: no stray sub-runs
+    assert not [p for p in run_dir.rglob("events.out.tfevents*") if p.parent != run_dir]
+    assert (run_dir / "verified_err.png").stat().st_size > 0
+    assert (run_dir / "checkpoint.pt").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_puts_each_job_in_a_folder_named_by_its_overrides(data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "method=standard,ibp", "eps=0.1,0.2", *TINY[1:6], *TINY[7:],
+                     "dataset=mnist", f"data_dir={data_dir}", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folders = sorted(p.parent.name for p in sweep.rglob("metrics.json"))
+    assert len(folders) == 4
+    for method in ("standard", "ibp"):
+        for eps in ("0.1", "0.2"):
+            assert any(f"method={method}" in name and f"eps={eps}" in name for name in folders)
+    assert not any("data_dir" in name for name in folders)  # the data location is not a hyper-parameter
+
+
+def _tiny_config(data_dir, *extra):
+    return compose_config("method=ibp", *TINY, f"data_dir={data_dir}", *extra)
+
+
+@pytest.mark.slow
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(data_dir, tmp_path, monkeypatch):
+    whole = train(_tiny_config(data_dir, "epochs=3"), run_dir=tmp_path / "whole")
+
+    real_save = training.save_checkpoint
+
+    def save_then_crash(path, **state):
+        real_save(path, **state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt  # the job is killed right after its first checkpoint
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_config(data_dir, "epochs=3"), run_dir=tmp_path / "interrupted")
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    resumed = train(_tiny_config(data_dir, "epochs=3", "resume=true"), run_dir=tmp_path / "interrupted")
+
+    for key in ("clean_err", "pgd_err", "verified_err", "epochs"):
+        assert resumed[key] == whole[key]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["schedule"] == b["schedule"] == {"epoch": 3, "step": 6}
+
+
+@pytest.mark.slow
+def test_checkpoint_from_another_architecture_is_refused(data_dir, tmp_path):
+    train(_tiny_config(data_dir, "epochs=1"), run_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="without resume=true"):
+        train(_tiny_config(data_dir, "epochs=2", "model=dm_small", "resume=true"), run_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    real_loss = training.training_loss
+    calls = []
+
+    def loss_that_explodes(*args, **kwargs):
+        loss, parts = real_loss(*args, **kwargs)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) > 3 else loss), parts  # two steps per epoch
+
+    monkeypatch.setattr(training, "training_loss", loss_that_explodes)
+    with pytest.raises(TrainingDiverged, match="Lower lr") as err:
+        train(_tiny_config(data_dir, "epochs=3"), run_dir=tmp_path)
+    assert "epoch 2" in str(err.value)
+    kept = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert kept["schedule"]["epoch"] == 1
+    assert all(torch.isfinite(value).all() for value in kept["model"].values())
+
+
+def test_missing_data_stops_with_a_message_naming_the_fix(tmp_path):
+    with pytest.raises(DataError, match="data_dir"):
+        train(compose_config("dataset=mnist", f"data_dir={tmp_path}"), run_dir=tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_cli_reports_bad_input_without_a_traceback(tmp_path):
+    result = run_cli("eps=-0.5", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1
+    assert "eps >= 0" in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
