@@ -32,6 +32,8 @@ class SolverOptions:
     primal_feasibility_tolerance: float = 1e-7
     dual_feasibility_tolerance: float = 1e-7
     mip_feasibility_tolerance: float = 1e-6
+    mip_rel_gap: float = 1e-4  # min_distortion: the proved bound is within this of the optimum
+    mip_abs_gap: float = 1e-6
     # Bounds read from LP / MIP solves are widened by this much before they enter the model, so
     # a solver tolerance cannot turn an unstable ReLU into a wrongly stable one.
     bound_padding: float = 1e-6
@@ -44,6 +46,8 @@ def new_highs(options: SolverOptions) -> highspy.Highs:
     highs.setOptionValue("primal_feasibility_tolerance", options.primal_feasibility_tolerance)
     highs.setOptionValue("dual_feasibility_tolerance", options.dual_feasibility_tolerance)
     highs.setOptionValue("mip_feasibility_tolerance", options.mip_feasibility_tolerance)
+    highs.setOptionValue("mip_rel_gap", options.mip_rel_gap)
+    highs.setOptionValue("mip_abs_gap", options.mip_abs_gap)
     return highs
 
 

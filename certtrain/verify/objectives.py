@@ -93,8 +93,11 @@ def robustness(form, net, domain, label, classes, targeted, deadline, like, exac
         rows = _target_rows(form, label, j if targeted else None)
         cost, offset = _margin(form, label, j)
         sol = milp.minimize(cost, offset, remaining, cutoff=0.0, first_solution=True)
+        if sol.status == "solution_limit" and sol.value is not None and sol.value >= 0:
+            # HiGHS may skip the cutoff (e.g. when presolve solves the model): finish the solve instead.
+            sol = milp.minimize(cost, offset, max(deadline - time.perf_counter(), 1e-3), cutoff=0.0)
         _release(form, rows)
-        if sol.status == "infeasible":
+        if sol.status == "infeasible" or (sol.bound is not None and sol.bound >= 0):
             verdicts[j] = "robust"
         elif sol.z is not None and sol.value is not None and sol.value < 0:
             found = witness_from_vars(net, domain, sol.z[inputs], label, like, j if targeted else None)
