@@ -66,6 +66,7 @@ def verify(
     pgd_restarts: int = 2,
     tightening_time_limit: float = 1.0,
     solver: SolverOptions | None = None,
+    crown_dtype: torch.dtype = torch.float32,
 ) -> VerificationResult:
     """Decide one sample exactly. x: (1, *input_shape) in [0, 1]; y: its label.
 
@@ -74,6 +75,7 @@ def verify(
     tightening: ibp | crown | lp | mip, the strongest bound tightening applied before the MILP.
     perturbation: linf (ball of radius eps within [0, 1]) | unrestricted ([0, 1]) | blur (a
     blur_kernel_size kernel; eps, if given, also bounds the change of every pixel).
+    crown_dtype: float32 (default, padded by the engine's float32 slack) or float64 CROWN bounds.
     """
     start = time.perf_counter()
     if objective not in OBJECTIVES:
@@ -85,7 +87,7 @@ def verify(
     check_level(tightening)
     options = dict(objective=objective, tightening=tightening, norm=norm, pgd_steps=pgd_steps,
                    pgd_restarts=pgd_restarts, tightening_time_limit=tightening_time_limit,
-                   solver=solver or SolverOptions(), deadline=start + float(time_limit))
+                   solver=solver or SolverOptions(), deadline=start + float(time_limit), crown_dtype=crown_dtype)
     was_training = model.training
     model.eval()
     try:
@@ -114,12 +116,15 @@ def _run(model, x, label, targets, domain, **options) -> VerificationResult:
 
 
 def _decide(model, x, label, classes, targeted, domain, net, steps, *, objective, tightening, norm, pgd_steps,
-            pgd_restarts, tightening_time_limit, solver, deadline) -> VerificationResult:
+            pgd_restarts, tightening_time_limit, solver, deadline, crown_dtype) -> VerificationResult:
     depth = LEVELS.index(tightening)
     bounds = engine_bounds(steps, domain.box_lower, domain.box_upper, "ibp")
     stats = {"unstable_ibp": count_unstable(steps, bounds), "pgd_found": False}
     if depth >= LEVELS.index("crown"):
-        bounds = intersect(bounds, engine_bounds(steps, domain.box_lower, domain.box_upper, "crown"))
+        params = [p.dtype for p in model.parameters()]
+        dtype = crown_dtype if params and all(d == torch.float32 for d in params) else torch.float64
+        crown = engine_bounds(steps, domain.box_lower, domain.box_upper, "crown", dtype)
+        bounds = intersect(bounds, crown)
     stats["unstable_crown"] = count_unstable(steps, bounds)
     solve_start = time.perf_counter()
     build = dict(domain=domain, bounds=bounds, options=solver, time_per_solve=tightening_time_limit,
