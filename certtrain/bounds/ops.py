@@ -244,5 +244,6 @@ class GroupSortOp:
         gain = A_max - A_min  # coefficient of relu(d) in A y
         gain_pos, gain_neg = gain.clamp(min=0), gain.clamp(max=0)
         coeff_d = gain_pos * a_slope.unsqueeze(1) + gain_neg * d_slope.unsqueeze(1)
-        A_in = torch.stack((A_max - coeff_d, A_min + coeff_d), dim=3).reshape(A.shape)
+        A_in = torch.stack((A_max - coeff_d, A_min + coeff_d), dim=3)
+        A_in = A_in.reshape(A_in.shape[0], *A.shape[1:])  # batch grows from 1 where A was shared
         return A_in, _sum_rows(gain_neg * d_intercept.unsqueeze(1))
