@@ -66,7 +66,7 @@ class EvalConfig:
     eps_grid: Optional[List[float]] = None  # null: eps_train x (0.25 .. 1.5) plus eps
     every: int = 1  # evaluate on `subset` test samples every this many epochs (0: only at the end)
     subset: int = 1000
-    bounds: List[str] = field(default_factory=lambda: ["ibp", "crown-ibp"])  # crown: small models only
+    bounds: List[str] = field(default_factory=lambda: ["ibp", "crown-ibp"])  # keys of evaluate.CERTIFIERS
     pgd_steps: int = 20
     pgd_restarts: int = 1
     batch_size: int = 500
@@ -118,7 +118,7 @@ def _unknown_keys(cfg: Any, schema: Any, prefix: str = "") -> list[str]:
     return unknown
 
 
-def check_config(cfg: Any, methods=None) -> None:
+def check_config(cfg: Any, methods=None, certifiers=EVAL_BOUNDS) -> None:
     """Reject unknown keys (also those forced in with `+key=`) and out-of-range values,
     with a message that names the key and the fix."""
     unknown = [key for key in _unknown_keys(cfg, OmegaConf.structured(TrainConfig)) if key != "hydra"]
@@ -138,7 +138,7 @@ def check_config(cfg: Any, methods=None) -> None:
         if min(cfg.eval.eps_grid) < 0:
             raise ConfigError(f"eval.eps_grid={list(cfg.eval.eps_grid)} has a negative radius; use radii >= 0")
     for bound in cfg.eval.bounds:
-        _check_choice("eval.bounds entry", bound, EVAL_BOUNDS)
+        _check_choice("eval.bounds entry", bound, sorted(certifiers))
     _check_choice("device", cfg.device, DEVICES)
     _check_choice("schedule.ramp_shape", cfg.schedule.ramp_shape, RAMP_SHAPES)
     _check_choice("dataset.name", cfg.dataset.name, DATASETS)

@@ -7,7 +7,7 @@ a new method registers one function with `@register_robust_loss("name")`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -27,6 +27,7 @@ class RobustContext:
     gm_n: int = 1
     gm_weights: str = "inverse"
     num_classes: int = 10
+    logits: torch.Tensor | None = None  # f(x), when the caller has it already
 
 
 RobustLoss = Callable[[RobustContext], torch.Tensor]
@@ -139,7 +140,7 @@ def gm_crown_ibp_loss(ctx: RobustContext) -> torch.Tensor:
 
 def _local(ctx: RobustContext) -> RobustContext:
     """The local loss is the global one with a single radius eps_t (weight 1)."""
-    return RobustContext(ctx.model, ctx.x, ctx.y, ctx.eps, ctx.beta, 1, "uniform", ctx.num_classes)
+    return replace(ctx, gm_n=1, gm_weights="uniform")
 
 
 def training_loss(
@@ -155,6 +156,6 @@ def training_loss(
     clean = F.cross_entropy(logits, ctx.y)
     if robust_fn is None or kappa >= 1.0 or ctx.eps <= 0.0:
         return clean, {"clean_ce": clean.item()}
-    robust = robust_fn(ctx)
+    robust = robust_fn(replace(ctx, logits=logits))
     loss = kappa * clean + (1.0 - kappa) * robust
     return loss, {"clean_ce": clean.item(), "robust_ce": robust.item()}

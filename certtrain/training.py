@@ -10,10 +10,12 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -22,7 +24,7 @@ from certtrain.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpo
 from certtrain.config import TrainConfig, check_config, eval_grid, train_eps
 from certtrain.data import Split, to_float
 from certtrain.download import load_or_download
-from certtrain.evaluate import evaluate
+from certtrain.evaluate import CERTIFIERS, evaluate
 from certtrain.losses import ROBUST_LOSSES, RobustContext, training_loss
 from certtrain.models import build_model
 from certtrain.reporting import flat_hparams, log_eval_scalars, log_hparams, save_drawdown
@@ -79,26 +81,70 @@ def _default_run_dir() -> Path:
         return Path("outputs") / "manual"
 
 
+@dataclass
+class Run:
+    """Everything one training run works on."""
+
+    cfg: DictConfig
+    run_dir: Path
+    device: torch.device
+    train_split: Split
+    test_split: Split
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: RampSchedule
+    data_generator: torch.Generator
+    arch: dict
+    writer: SummaryWriter | None = None
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+
 def train(cfg, run_dir: str | Path | None = None) -> dict:
     """Train, checkpoint every epoch, evaluate; returns the final metrics (also in metrics.json)."""
     cfg = _as_config(cfg)
-    check_config(cfg, methods=ROBUST_LOSSES)
-    run_dir = Path(run_dir) if run_dir is not None else _default_run_dir()
+    check_config(cfg, methods=ROBUST_LOSSES, certifiers=CERTIFIERS)
+    run = _build_run(cfg, Path(run_dir) if run_dir is not None else _default_run_dir())
+    start_epoch, step, seconds_before = _restore(run)
+    run.writer = SummaryWriter(log_dir=str(run.run_dir), purge_step=step if step else None)
+    started = time.perf_counter()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            step, line = _train_epoch(run, epoch, step)
+            if cfg.eval.every and (epoch + 1) % cfg.eval.every == 0 and epoch + 1 < cfg.epochs:
+                metrics = _evaluate(run, run.test_split.subset(cfg.eval.subset))
+                log_eval_scalars(run.writer, metrics, step)
+                line += f"  | val clean {metrics['clean_err']:.4f}  " + _verified_summary(metrics, cfg.eps)
+            log.info(line)
+            save_checkpoint(
+                run.checkpoint, model=run.model, optimizer=run.optimizer, epoch=epoch + 1, step=step,
+                data_generator=run.data_generator, seconds=seconds_before + time.perf_counter() - started,
+                arch=run.arch,
+            )
+            run.writer.flush()
+        metrics = _final_evaluation(run, step, seconds_before + time.perf_counter() - started)
+    finally:
+        run.writer.close()
+    (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    log.info("final (%d test samples): clean %.4f  %s", len(run.test_split), metrics["clean_err"],
+             _verified_summary(metrics, cfg.eps))
+    log.info("run folder: %s", run.run_dir.resolve())
+    return metrics
+
+
+def _build_run(cfg: DictConfig, run_dir: Path) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
-    grid = eval_grid(cfg)
     train_split, test_split = load_data(cfg)
-
     torch.manual_seed(cfg.seed)
-    data_generator = torch.Generator().manual_seed(cfg.seed)
     stats_of = MODEL_STATS_OF.get(cfg.dataset.name, cfg.dataset.name)
     model = build_model(cfg.model.name, stats_of).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_split) / cfg.batch_size)
     trains_robustly = ROBUST_LOSSES[cfg.method.name] is not None
     schedule = RampSchedule(
         eps_train=train_eps(cfg) if trains_robustly else 0.0,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=math.ceil(len(train_split) / cfg.batch_size),
         warmup_epochs=cfg.schedule.warmup_epochs,
         ramp_epochs=cfg.schedule.ramp_epochs,
         shape=cfg.schedule.ramp_shape,
@@ -106,106 +152,118 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
         beta_start=cfg.method.beta_start,
         beta_final=cfg.method.beta_final,
     )
-    arch = {"model": cfg.model.name, "dataset": stats_of}
-    checkpoint = run_dir / CHECKPOINT_NAME
-    start_epoch, step, seconds_before = 0, 0, 0.0
-    if cfg.resume and checkpoint.is_file():
-        done = load_checkpoint(checkpoint, model=model, optimizer=optimizer, data_generator=data_generator, arch=arch)
-        start_epoch, step, seconds_before = done["epoch"], done["step"], done["seconds"]
-        log.info("resuming from %s after epoch %d", checkpoint, start_epoch)
-    elif cfg.resume:
-        log.warning("resume=true but %s does not exist: starting from scratch", checkpoint)
-    elif checkpoint.is_file():
-        log.warning("%s exists and resume=false: starting from scratch and overwriting it", checkpoint)
+    return Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        device=device,
+        train_split=train_split,
+        test_split=test_split,
+        model=model,
+        optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+        schedule=schedule,
+        data_generator=torch.Generator().manual_seed(cfg.seed),
+        arch={"model": cfg.model.name, "dataset": stats_of},
+    )
 
-    writer = SummaryWriter(log_dir=str(run_dir), purge_step=step if step else None)
-    evaluation = dict(
-        eps_grid=grid,
+
+def _restore(run: Run) -> tuple[int, int, float]:
+    """(epochs done, global step, seconds spent) from the run folder's checkpoint when resuming."""
+    if run.cfg.resume and run.checkpoint.is_file():
+        done = load_checkpoint(
+            run.checkpoint, model=run.model, optimizer=run.optimizer, data_generator=run.data_generator, arch=run.arch
+        )
+        log.info("resuming from %s after epoch %d", run.checkpoint, done["epoch"])
+        return done["epoch"], done["step"], done["seconds"]
+    if run.cfg.resume:
+        log.warning("resume=true but %s does not exist: starting from scratch", run.checkpoint)
+    elif run.checkpoint.is_file():
+        log.warning("%s exists and resume=false: starting from scratch and overwriting it", run.checkpoint)
+    return 0, 0, 0.0
+
+
+def _train_epoch(run: Run, epoch: int, step: int) -> tuple[int, str]:
+    """One pass over the training set; returns the new global step and the epoch's log line."""
+    cfg, model, schedule = run.cfg, run.model, run.schedule
+    lr = step_lr(cfg.lr, epoch, cfg.schedule.lr_milestones, cfg.schedule.lr_gamma)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    started = time.perf_counter()
+    model.train()
+    loss_sum, wrong, seen = 0.0, 0, 0
+    batches = _batches(run.train_split, cfg.batch_size, run.data_generator, cfg.dataset.augment)
+    total = math.ceil(len(run.train_split) / cfg.batch_size)
+    bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None, leave=False)
+    for x, y in bar:
+        x, y = x.to(run.device), y.to(run.device)
+        eps_t, kappa, beta = schedule.eps(step), schedule.kappa(step), schedule.beta(step)
+        logits = model(x)
+        ctx = RobustContext(model, x, y, eps_t, beta, cfg.gm.n, cfg.gm.weights)
+        loss, _ = training_loss(cfg.method.name, ctx, kappa, logits)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(
+                f"loss is {loss.item()} at epoch {epoch + 1}, step {step} (eps {eps_t:.4g}, kappa {kappa:.3g}, "
+                f"lr {lr:.3g}); the last good checkpoint ({run.checkpoint}) is kept. Lower lr, set "
+                "schedule.grad_clip, or lengthen schedule.ramp_epochs, then rerun (resume=true continues "
+                "from the checkpoint)"
+            )
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.schedule.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.schedule.grad_clip)
+        run.optimizer.step()
+        loss_sum += loss.item() * len(y)
+        wrong += (logits.argmax(1) != y).sum().item()
+        seen += len(y)
+        if step % cfg.log_every == 0:
+            for tag, value in (("loss", loss.item()), ("eps", eps_t), ("kappa", kappa), ("beta", beta), ("lr", lr)):
+                run.writer.add_scalar(f"train/{tag}", value, step)
+        bar.set_postfix(loss=f"{loss.item():.3f}", eps=f"{eps_t:.3g}")
+        step += 1
+    run.writer.add_scalar("train/epoch_loss", loss_sum / seen, step)
+    line = (
+        f"epoch {epoch + 1}/{cfg.epochs}  loss {loss_sum / seen:.4f}  train_err {wrong / seen:.4f}  eps {eps_t:.4g}  "
+        f"kappa {kappa:.3g}  beta {beta:.3g}  lr {lr:.3g}  {time.perf_counter() - started:.1f}s"
+    )
+    return step, line
+
+
+def _evaluate(run: Run, split: Split) -> dict:
+    cfg = run.cfg
+    return evaluate(
+        run.model,
+        split,
+        eps_grid=eval_grid(cfg),
         bounds=list(cfg.eval.bounds),
         pgd_steps=cfg.eval.pgd_steps,
         pgd_restarts=cfg.eval.pgd_restarts,
         batch_size=cfg.eval.batch_size,
-        device=device,
+        device=run.device,
         seed=cfg.seed,
     )
-    started = time.perf_counter()
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            lr = step_lr(cfg.lr, epoch, cfg.schedule.lr_milestones, cfg.schedule.lr_gamma)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            epoch_started = time.perf_counter()
-            model.train()
-            loss_sum, wrong, seen = 0.0, 0, 0
-            batches = _batches(train_split, cfg.batch_size, data_generator, cfg.dataset.augment)
-            bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None, leave=False)
-            for x, y in bar:
-                x, y = x.to(device), y.to(device)
-                eps_t, kappa, beta = schedule.eps(step), schedule.kappa(step), schedule.beta(step)
-                ctx = RobustContext(model, x, y, eps_t, beta, cfg.gm.n, cfg.gm.weights)
-                logits = model(x)
-                loss, _ = training_loss(cfg.method.name, ctx, kappa, logits)
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step} (eps {eps_t:.4g}, kappa {kappa:.3g}, "
-                        f"lr {lr:.3g}); the last good checkpoint ({checkpoint}) is kept. Lower lr, set "
-                        "schedule.grad_clip, or lengthen schedule.ramp_epochs, then rerun (resume=true continues "
-                        "from the checkpoint)"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.schedule.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.schedule.grad_clip)
-                optimizer.step()
-                loss_sum += loss.item() * len(y)
-                wrong += (logits.argmax(1) != y).sum().item()
-                seen += len(y)
-                if step % cfg.log_every == 0:
-                    for tag, value in (("loss", loss.item()), ("eps", eps_t), ("kappa", kappa), ("beta", beta), ("lr", lr)):
-                        writer.add_scalar(f"train/{tag}", value, step)
-                bar.set_postfix(loss=f"{loss.item():.3f}", eps=f"{eps_t:.3g}")
-                step += 1
-            line = (
-                f"epoch {epoch + 1}/{cfg.epochs}  loss {loss_sum / seen:.4f}  train_err {wrong / seen:.4f}  "
-                f"eps {eps_t:.4g}  kappa {kappa:.3g}  beta {beta:.3g}  lr {lr:.3g}  {time.perf_counter() - epoch_started:.1f}s"
-            )
-            writer.add_scalar("train/epoch_loss", loss_sum / seen, step)
-            if cfg.eval.every and (epoch + 1) % cfg.eval.every == 0 and epoch + 1 < cfg.epochs:
-                metrics = evaluate(model, test_split.subset(cfg.eval.subset), **evaluation)
-                log_eval_scalars(writer, metrics, step)
-                line += f"  | val clean {metrics['clean_err']:.4f}  " + _verified_summary(metrics, cfg.eps)
-            log.info(line)
-            seconds = seconds_before + time.perf_counter() - started
-            save_checkpoint(
-                checkpoint, model=model, optimizer=optimizer, epoch=epoch + 1, step=step,
-                data_generator=data_generator, seconds=seconds, arch=arch,
-            )
-            writer.flush()
 
-        metrics = evaluate(model, test_split, **evaluation)
-        log_eval_scalars(writer, metrics, step)
-        metrics.update(
-            data_source=train_split.source,
-            epochs=cfg.epochs,
-            seconds=round(seconds_before + time.perf_counter() - started, 1),
-            method=cfg.method.name,
-            model=cfg.model.name,
-            dataset=cfg.dataset.name,
-            eps=cfg.eps,
-            eps_train=train_eps(cfg),
-            train_samples=len(train_split),
-            test_samples=len(test_split),
-            device=str(device),
-            seed=cfg.seed,
-        )
-        title = f"{cfg.method.name} {cfg.model.name} {cfg.dataset.name} eps_train {train_eps(cfg):g}"
-        save_drawdown(writer, metrics, run_dir, step, title)
-        log_hparams(writer, flat_hparams(cfg), metrics)
-    finally:
-        writer.close()
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    log.info("final (%d test samples): clean %.4f  %s", len(test_split), metrics["clean_err"], _verified_summary(metrics, cfg.eps))
-    log.info("run folder: %s", run_dir.resolve())
+
+def _final_evaluation(run: Run, step: int, seconds: float) -> dict:
+    """Metrics on the whole test set, the drawdown figure and the hyper-parameters."""
+    cfg = run.cfg
+    metrics = _evaluate(run, run.test_split)
+    log_eval_scalars(run.writer, metrics, step)
+    metrics.update(
+        data_source=run.train_split.source,
+        epochs=cfg.epochs,
+        seconds=round(seconds, 1),
+        method=cfg.method.name,
+        model=cfg.model.name,
+        dataset=cfg.dataset.name,
+        eps=cfg.eps,
+        eps_train=train_eps(cfg),
+        train_samples=len(run.train_split),
+        test_samples=len(run.test_split),
+        device=str(run.device),
+        seed=cfg.seed,
+    )
+    title = f"{cfg.method.name} {cfg.model.name} {cfg.dataset.name} eps_train {train_eps(cfg):g}"
+    save_drawdown(run.writer, metrics, run.run_dir, step, title)
+    log_hparams(run.writer, flat_hparams(cfg), metrics)
     return metrics
 
 

@@ -100,6 +100,13 @@ def test_multirun_puts_each_job_in_a_folder_named_by_its_overrides(data_dir, tmp
             assert any(f"method={method}" in name and f"eps={eps}" in name for name in folders)
     assert not any("data_dir" in name for name in folders)  # the data location is not a hyper-parameter
 
+    summary = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweep)],
+                             capture_output=True, text=True, timeout=120)
+    assert summary.returncode == 0, summary.stderr[-2000:]
+    table = (sweep / "summary.md").read_text().splitlines()
+    assert len(table) == 2 + 4 and "verified_ibp@0.1" in table[0]
+    assert (sweep / "summary.csv").is_file() and (sweep / "summary.png").stat().st_size > 0
+
 
 def _tiny_config(data_dir, *extra):
     return compose_config("method=ibp", *TINY, f"data_dir={data_dir}", *extra)
