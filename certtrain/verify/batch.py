@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 COLUMNS = [
     "index", "label", "predicted", "status", "distortion", "bound", "solve_seconds", "total_seconds",
-    "witness_verified", "tightening", "resolved_by", "pgd_adversarial", "ibp_verified", "crown_verified",
+    "cpu_seconds",    "witness_verified", "tightening", "resolved_by", "pgd_adversarial", "ibp_verified", "crown_verified",
     "unstable_ibp", "unstable_crown", "binaries",
 ]
 RERUN = ("never", "always", "timeouts", "unresolved")
@@ -116,7 +116,8 @@ def make_row(index: int, label: int, result: VerificationResult, tightening: str
     row = {
         "index": index, "label": label, "predicted": result.predicted, "status": result.status,
         "distortion": result.distortion, "bound": result.bound, "solve_seconds": round(result.solve_seconds, 4),
-        "total_seconds": round(result.seconds, 4), "witness_verified": result.witness_verified,
+        "total_seconds": round(result.seconds, 4), "cpu_seconds": round(result.cpu_seconds, 4),
+        "witness_verified": result.witness_verified,
         "tightening": tightening, "resolved_by": result.resolved_by,
         "unstable_ibp": stats.get("unstable_ibp"), "unstable_crown": stats.get("unstable_crown"),
         "binaries": stats.get("unstable_final"),

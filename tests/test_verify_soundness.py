@@ -1,0 +1,137 @@
+"""Answers on networks too large for brute force: witnesses are real, robust answers survive PGD,
+and no tightening setting contradicts another."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from certtrain.attacks import pgd_attack
+from certtrain.verify import verify
+
+LEVELS = ("ibp", "crown", "lp", "mip")
+
+
+def mlp(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 4)).eval()
+
+
+def conv_maxpool(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 8), nn.ReLU(),
+        nn.Linear(8, 3),
+    ).eval()
+
+
+def assert_witness(net, x, label, eps, r):
+    assert r.adversarial is not None and r.witness_verified
+    adv = r.adversarial.double()
+    assert float((adv - x.double()).abs().max()) <= eps
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1
+    logits = copy.deepcopy(net).double()(adv)[0]
+    assert logits.argmax().item() != label
+
+
+def survives_pgd(net, x, label, eps) -> bool:
+    _, found = pgd_attack(net, x, torch.tensor([label]), eps, steps=100, restarts=8,
+                          generator=torch.Generator().manual_seed(1))
+    return not bool(found[0])
+
+
+@pytest.mark.parametrize("build,shape,seeds", [(mlp, (1, 6), range(4)), (conv_maxpool, (1, 1, 4, 4), range(3))])
+def test_answers_agree_and_hold_up(build, shape, seeds):
+    statuses = []
+    for seed in seeds:
+        net = build(seed)
+        x = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+        label = int(net(x).argmax())
+        for eps in (0.05, 0.2):
+            answers = {}
+            for level in LEVELS:
+                r = verify(net, x, label, eps=eps, tightening=level, pgd_steps=0, time_limit=60)
+                answers[level] = r.status
+                if r.status == "adversarial":
+                    assert_witness(net, x, label, eps, r)
+                elif r.status == "robust":
+                    assert survives_pgd(net, x, label, eps), (seed, eps, level)
+            decided = {s for s in answers.values() if s in ("robust", "adversarial")}
+            assert len(decided) <= 1, answers
+            statuses.extend(answers.values())
+    assert "robust" in statuses and "adversarial" in statuses  # both kinds of answer were exercised
+
+
+def test_pgd_first_answers_are_confirmed():
+    net = mlp(0)
+    x = torch.rand((1, 6), generator=torch.Generator().manual_seed(5))
+    label = int(net(x).argmax())
+    r = verify(net, x, label, eps=0.5, time_limit=30)
+    assert r.status == "adversarial"
+    assert_witness(net, x, label, 0.5, r)
+
+
+def test_misclassified_sample_needs_no_solver():
+    net = mlp(1)
+    x = torch.rand((1, 6), generator=torch.Generator().manual_seed(2))
+    wrong = (int(net(x).argmax()) + 1) % 4
+    r = verify(net, x, wrong, eps=0.1)
+    assert r.status == "misclassified" and r.predicted != wrong and r.distortion == 0.0
+
+
+def test_targeted_witness_is_classified_as_the_target():
+    net = mlp(2)
+    x = torch.rand((1, 6), generator=torch.Generator().manual_seed(3))
+    label = int(net(x).argmax())
+    seen = set()
+    for target in [k for k in range(4) if k != label]:
+        r = verify(net, x, label, eps=0.6, targets=[target], time_limit=30)
+        seen.add(r.status)
+        if r.status == "adversarial":
+            assert copy.deepcopy(net).double()(r.adversarial.double()).argmax().item() == target
+        else:
+            assert r.status == "robust"
+    untargeted = verify(net, x, label, eps=0.6, pgd_steps=0, time_limit=30).status
+    assert untargeted == ("adversarial" if "adversarial" in seen else "robust")
+
+
+def test_blur_witness_is_a_blur_of_the_input():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(32, 3)).eval()
+    statuses = []
+    for seed in range(6):
+        x = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(seed))
+        label = int(net(x).argmax())
+        r = verify(net, x, label, eps=None, perturbation="blur", blur_kernel_size=3, objective="min_distortion",
+                   time_limit=30)
+        statuses.append(r.status)
+        if r.status == "adversarial":
+            assert copy.deepcopy(net).double()(r.adversarial).argmax().item() != label
+            # a blurred image is a convex combination of neighbours (and zero padding)
+            padded = torch.nn.functional.pad(x.double(), (1, 1, 1, 1))
+            windows = padded.unfold(2, 3, 1).unfold(3, 3, 1).reshape(1, 1, 4, 4, 9)
+            assert (r.adversarial >= windows.min(-1).values - 1e-9).all()
+            assert (r.adversarial <= windows.max(-1).values + 1e-9).all()
+            assert r.bound <= r.distortion + 1e-9
+        else:
+            kernels = torch.distributions.Dirichlet(torch.ones(9)).sample((500,)).double()
+            blurred = torch.nn.functional.conv2d(x.double(), kernels.reshape(500, 1, 3, 3), padding=1)
+            preds = copy.deepcopy(net).double()(blurred.reshape(500, 1, 4, 4)).argmax(1)
+            assert r.status == "robust" and (preds == label).all()
+    assert set(statuses) <= {"adversarial", "robust"}
+
+
+def test_min_distortion_bound_matches_the_robustness_threshold():
+    """Just below the minimum L-inf distortion the ball is robust, just above it is not."""
+    net = conv_maxpool(1)
+    x = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(9))
+    label = int(net(x).argmax())
+    r = verify(net, x, label, eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60)
+    assert r.status == "adversarial" and np.isfinite(r.distortion)
+    below = verify(net, x, label, eps=r.bound * 0.98, pgd_steps=0, time_limit=60)
+    above = verify(net, x, label, eps=min(1.0, r.distortion * 1.02), pgd_steps=0, time_limit=60)
+    assert (below.status, above.status) == ("robust", "adversarial")
