@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from certtrain.augment import random_crop_flip
 from certtrain.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from certtrain.config import TrainConfig, check_config, eval_grid, train_eps
+from certtrain.config import ConfigError, TrainConfig, check_config, eval_grid, train_eps
 from certtrain.data import Split, to_float
 from certtrain.download import load_or_download
 from certtrain.evaluate import CERTIFIERS, evaluate
@@ -43,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+        raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
     return torch.device(name)
 
 

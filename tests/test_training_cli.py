@@ -182,3 +182,11 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     assert result.returncode == 1
     assert "eps >= 0" in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cuda_without_a_gpu_names_the_fix(tmp_path):
+    from certtrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match="device=cpu or device=auto"):
+        train(compose_config("device=cuda"), run_dir=tmp_path)
