@@ -1,0 +1,103 @@
+"""Time one full certified-training step (forward, bounds, loss, backward, optimiser step).
+
+    python scripts/bench.py --model dm_small --batch 256
+    python scripts/bench.py --model dm_medium --dataset cifar10 --batch 128 --methods crown_ibp
+
+Prints a line per method and, last, one JSON line:
+{"model": ..., "batch": ..., "device": ..., "ms_per_step": {"standard": .., "ibp": .., "crown_ibp": .., "gm_crown_ibp": ..}, "peak_rss_mb": ..}
+ms_per_step is the median over --steps timed steps after --warmup untimed ones, on random
+MNIST/CIFAR-shaped batches; crown_ibp is beta = 1 (the costly ramp phase), gm_crown_ibp uses
+N = --gm-n sub-perturbations batched into one bound call. peak_rss_mb is the process's peak
+resident memory (ru_maxrss) at the end, covering every method run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from certtrain.losses import RobustContext, training_loss
+from certtrain.models import build_model
+
+METHODS = ("standard", "ibp", "crown_ibp", "gm_crown_ibp")
+
+
+def make_step(model, optimizer, method: str, eps: float, gm_n: int):
+    """One training step of `method` at radius eps with kappa = 0 (pure robust loss, beta = 1)."""
+
+    def step(x, y):
+        optimizer.zero_grad(set_to_none=True)
+        context = RobustContext(model, x, y, eps=eps, beta=1.0, gm_n=gm_n if method.startswith("gm_") else 1)
+        loss, _ = training_loss(method, context, kappa=0.0)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def time_method(model, method, x, y, args) -> float:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    step = make_step(model, optimizer, method, args.eps, args.gm_n)
+    for _ in range(args.warmup):
+        step(x, y)
+    times = []
+    for _ in range(args.steps):
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step(x, y)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="dm_small")
+    parser.add_argument("--dataset", default="mnist", choices=["mnist", "cifar10"])
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--gm-n", type=int, default=4)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    args = parser.parse_args(argv)
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {METHODS}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    model = build_model(args.model, args.dataset).to(device).train()
+    shape = (3, 32, 32) if args.dataset == "cifar10" else (1, 28, 28)
+    x = torch.rand(args.batch, *shape, device=device)
+    y = torch.randint(0, 10, (args.batch,), device=device)
+    ms = {}
+    for method in methods:
+        ms[method] = round(time_method(model, method, x, y, args), 1)
+        print(f"{method:>14}: {ms[method]:8.1f} ms/step", file=sys.stderr)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {
+        "model": args.model,
+        "batch": args.batch,
+        "device": args.device,
+        "ms_per_step": ms,
+        "peak_rss_mb": round(peak_mb, 1),
+    }
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
