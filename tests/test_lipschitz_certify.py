@@ -48,7 +48,8 @@ def test_radius_agrees_with_certification(trained):
     radius = certified_radius(model, x, y)
     for eps in (0.01, 0.05, 0.1):
         certified = lipschitz_certified(model, x, y, eps)
-        assert torch.equal(certified, radius > eps) or ((radius - eps).abs()[certified != (radius > eps)] < 1e-6).all()
+        assert (radius[certified] > eps).all()  # certified -> the radius reaches beyond eps
+        assert (radius[~certified] < eps + 1e-3).all()  # and the converse up to the rounding slack
 
 
 def test_per_pair_sensitivity_is_at_most_whole_map(trained):
@@ -96,6 +97,7 @@ def test_temperature_cross_entropy_limits():
 
 
 def test_margin_lower_bounds_follow_the_spec_order_and_hold(trained):
+    from certtrain.bounds import certified
     from certtrain.lipschitz_certify import lipschitz_margin_lower_bounds
 
     model, x, y = trained
@@ -103,7 +105,7 @@ def test_margin_lower_bounds_follow_the_spec_order_and_hold(trained):
     with torch.no_grad():
         logits = model(x)
         lower = lipschitz_margin_lower_bounds(model, logits, y, eps)
-        assert torch.equal((lower > 0).all(dim=1), lipschitz_certified(model, x, y, eps))
+        assert torch.equal(certified(lower), lipschitz_certified(model, x, y, eps))
         moved = (x + eps * (2 * torch.rand_like(x) - 1))
         logits2 = model(moved)
     others = [[j for j in range(3) if j != label] for label in y.tolist()]
