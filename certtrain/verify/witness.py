@@ -28,17 +28,33 @@ def is_adversarial(net: FloatNetwork, domain: InputDomain, x_prime: np.ndarray, 
     return bool(logits[target] > np.max(np.delete(logits, target)))
 
 
-def _gradient_sign(net: FloatNetwork, domain: InputDomain, x_prime: np.ndarray, label: int, target) -> np.ndarray:
-    x = torch.from_numpy(x_prime.reshape(1, *domain.shape)).requires_grad_(True)
+def _ascent_direction(net: FloatNetwork, domain: InputDomain, z: np.ndarray, label: int, target) -> np.ndarray:
+    """A direction in the variables that raises the wrong class's lead over the label.
+
+    Box sets: the gradient's sign (an L-inf step). Blur: the gradient with its per-channel mean
+    removed, so the kernel keeps summing to 1.
+    """
+    x = torch.from_numpy(domain.input_of(z).reshape(1, *domain.shape)).requires_grad_(True)
     logits = net.model(x)[0]
-    if target is None:
-        others = torch.cat([logits[:label], logits[label + 1 :]])
-        gain = others.max() - logits[label]
-    else:
-        others = torch.cat([logits[:target], logits[target + 1 :]])
-        gain = logits[target] - others.max()
+    lead = target if target is not None else label
+    others = torch.cat([logits[:lead], logits[lead + 1 :]])
+    gain = others.max() - logits[label] if target is None else logits[target] - others.max()
     (grad,) = torch.autograd.grad(gain, x)
-    return grad.reshape(-1).sign().numpy()
+    grad_z = domain.matrix.T @ grad.reshape(-1).numpy()
+    if domain.is_box:
+        return np.sign(grad_z)
+    grads, kernels = grad_z.reshape(domain.shape[0], -1), z.reshape(domain.shape[0], -1)
+    direction = np.zeros_like(grads)
+    for c, (g, k) in enumerate(zip(grads, kernels)):
+        free = np.ones(len(g), dtype=bool)
+        for _ in range(len(g)):  # drop entries at 0 that would turn negative, re-centre the rest
+            d = np.where(free, g - g[free].mean(), 0.0)
+            blocked = free & (k <= 0) & (d < 0)
+            if not blocked.any():
+                break
+            free &= ~blocked
+        direction[c] = d
+    return (direction / max(np.abs(direction).max(), 1e-300)).reshape(-1)
 
 
 def witness_from_vars(net, domain: InputDomain, z_in: np.ndarray, label: int, like, target=None):
@@ -48,12 +64,10 @@ def witness_from_vars(net, domain: InputDomain, z_in: np.ndarray, label: int, li
         x_prime = representable(domain, domain.input_of(z), like)
         if is_adversarial(net, domain, x_prime, label, target):
             return x_prime
-    if not domain.is_box:
-        return None
-    start = representable(domain, domain.input_of(z_in), like)
-    direction = _gradient_sign(net, domain, start, label, target)
+    start = domain.project_vars(z_in)
+    direction = _ascent_direction(net, domain, start, label, target)
     for size in NUDGE:
-        x_prime = representable(domain, np.clip(start + size * direction, domain.box_lower, domain.box_upper), like)
+        x_prime = representable(domain, domain.input_of(start + size * direction), like)
         if is_adversarial(net, domain, x_prime, label, target):
             return x_prime
     return None
