@@ -1,0 +1,80 @@
+"""The formulation itself: binaries only for unstable ReLUs, and max-pooling equal to its ReLU form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from certtrain.verify import verify
+from certtrain.verify.encoding import Milp, SolverOptions
+from certtrain.verify.perturbations import linf_ball
+
+
+def test_binaries_only_for_unstable_relus():
+    milp = Milp(linf_ball(torch.full((1, 4), 0.5), 0.5), SolverOptions())
+    expr, const = sp.identity(4, format="csr"), np.zeros(4)
+    lower = np.array([-1.0, 0.2, -3.0, -0.5])
+    upper = np.array([-0.1, 2.0, 1.0, 0.5])  # inactive, active, unstable, unstable
+    out, out_const = milp.relu(expr, const, lower, upper)
+    assert milp.num_binaries == 2
+    assert milp.highs.getNumRow() == 3 * 2  # three rows per unstable ReLU (y >= 0 is a bound)
+    dense = out.toarray()
+    assert not dense[0].any()  # inactive: constant zero
+    np.testing.assert_array_equal(dense[1, :4], [0, 1, 0, 0])  # active: the input passes through
+    assert dense[2, :4].sum() == 0 and dense[2].sum() == 1  # unstable: a fresh y variable
+
+
+def test_encoded_relu_is_exact_at_its_vertices():
+    """Fixing the binary gives y = relu(x) on both sides of 0."""
+    milp = Milp(linf_ball(torch.full((1, 1), 0.5), 0.5), SolverOptions())
+    out, _ = milp.relu(sp.csr_matrix([[2.0]]), np.array([-1.0]), np.array([-1.0]), np.array([1.0]))
+    milp.set_integral(True)
+    for x_value in (0.1, 0.4, 0.7, 0.95):
+        milp.highs.changeColBounds(0, x_value, x_value)
+        low = milp.minimize(out, 0.0, 10).value
+        high = -milp.minimize(-out, 0.0, 10).value
+        assert low == pytest.approx(max(2 * x_value - 1, 0), abs=1e-7)
+        assert high == pytest.approx(max(2 * x_value - 1, 0), abs=1e-7)
+
+
+def _pool_pair():
+    """A conv + 1x2 max-pool net and the same function written with ReLUs only:
+    max(a, b) = relu(a - b) + relu(b) for b >= 0."""
+    torch.manual_seed(0)
+    conv, head = nn.Conv2d(1, 2, (2, 1)), nn.Linear(4, 3)
+    pooled = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d((1, 2)), nn.Flatten(), head).eval()
+    basis = torch.eye(8).reshape(8, 1, 2, 4)
+    with torch.no_grad():
+        dense = (conv(basis) - conv(torch.zeros(1, 1, 2, 4))).reshape(8, 8).T
+        bias = conv(torch.zeros(1, 1, 2, 4)).reshape(8)
+    first = nn.Linear(8, 8)
+    pairs = nn.Linear(8, 8, bias=False)
+    sums = nn.Linear(8, 4, bias=False)
+    with torch.no_grad():
+        first.weight.copy_(dense)
+        first.bias.copy_(bias)
+        pairs.weight.zero_()
+        sums.weight.zero_()
+        for out in range(4):  # pooled output (channel c, position k) takes conv positions 2k, 2k+1
+            c, k = divmod(out, 2)
+            a, b = c * 4 + 2 * k, c * 4 + 2 * k + 1
+            pairs.weight[2 * out, a], pairs.weight[2 * out, b], pairs.weight[2 * out + 1, b] = 1, -1, 1
+            sums.weight[out, 2 * out] = sums.weight[out, 2 * out + 1] = 1
+    relus = nn.Sequential(nn.Flatten(), first, nn.ReLU(), pairs, nn.ReLU(), sums, head).eval()
+    return pooled, relus
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_maxpool_encoding_matches_its_relu_form(seed):
+    pooled, relus = _pool_pair()
+    x = torch.rand(1, 1, 2, 4, generator=torch.Generator().manual_seed(seed))
+    torch.testing.assert_close(pooled(x), relus(x))
+    label = int(pooled(x).argmax())
+    a = verify(pooled, x, label, eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60)
+    b = verify(relus, x, label, eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60)
+    assert a.status == b.status
+    if a.status == "adversarial":
+        assert a.bound == pytest.approx(b.bound, rel=1e-3, abs=1e-6)
