@@ -231,7 +231,8 @@ def lipschitz_bound(model: nn.Module, kind: str = "inf") -> float:
     """A certified Lipschitz constant of `model` (product of per-layer operator norms).
 
     kind: "one" (l1 -> l1), "inf" (linf -> linf) or "one-inf" (l1 -> linf). For a
-    MonotonicWrapper the bound of its net plus lambda times the dual norm of the sign vector.
+    MonotonicWrapper (scalar output) the bound of its net plus lambda times the dual norm of the
+    sign vector.
     """
     _check_kind(kind)
     if isinstance(model, MonotonicWrapper):

@@ -45,7 +45,7 @@ def lipschitz_mlp(
     num_classes: int = 10,
     mean=(0.0,),
     std=(1.0,),
-    width: int = 256,
+    width: int = 512,
     depth: int = 3,
     group_size: int = 2,
     lipschitz_const: float = 1.0,
@@ -53,7 +53,8 @@ def lipschitz_mlp(
     mode: str = "direct",
 ) -> nn.Sequential:
     """Centre -> Flatten -> `depth` LipschitzLinear layers (GroupSort between), l-inf Lipschitz
-    constant at most `lipschitz_const` in pixel units. `std` is accepted for a uniform zoo
+    constant at most `lipschitz_const` in pixel units. The default has the shape of the zoo's
+    `mlp` (two hidden layers of 512), for comparisons at equal size. `std` is accepted for a uniform zoo
     signature but deliberately not used (see the module docstring)."""
     del std
     if width % group_size:
@@ -65,4 +66,9 @@ def lipschitz_mlp(
     )
 
 
-LIPSCHITZ_ARCHITECTURES = {"lipschitz_mlp": lipschitz_mlp}
+def lipschitz_mlp_large(in_channels=3, in_size=32, num_classes=10, mean=(0.0,), std=(1.0,)) -> nn.Sequential:
+    """The CIFAR-10 counterpart: four LipschitzLinear layers of width 1024, GroupSort(2)."""
+    return lipschitz_mlp(in_channels, in_size, num_classes, mean, std, width=1024, depth=4)
+
+
+LIPSCHITZ_ARCHITECTURES = {"lipschitz_mlp": lipschitz_mlp, "lipschitz_mlp_large": lipschitz_mlp_large}
