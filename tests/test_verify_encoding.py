@@ -43,7 +43,7 @@ def test_encoded_relu_is_exact_at_its_vertices():
 def _pool_pair():
     """A conv + 1x2 max-pool net and the same function written with ReLUs only:
     max(a, b) = relu(a - b) + relu(b) for b >= 0."""
-    torch.manual_seed(0)
+    torch.manual_seed(6)  # a seed whose classes change inside [0, 1]^8
     conv, head = nn.Conv2d(1, 2, (2, 1)), nn.Linear(4, 3)
     pooled = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d((1, 2)), nn.Flatten(), head).eval()
     basis = torch.eye(8).reshape(8, 1, 2, 4)
@@ -75,6 +75,6 @@ def test_maxpool_encoding_matches_its_relu_form(seed):
     label = int(pooled(x).argmax())
     a = verify(pooled, x, label, eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60)
     b = verify(relus, x, label, eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60)
-    assert a.status == b.status
-    if a.status == "adversarial":
-        assert a.bound == pytest.approx(b.bound, rel=1e-3, abs=1e-6)
+    assert a.status == b.status == "adversarial"
+    assert a.bound == pytest.approx(b.bound, rel=1e-3, abs=1e-6)
+    assert a.stats["unstable_final"] > 0 and b.stats["unstable_final"] > 0
