@@ -32,24 +32,36 @@ def random_net(seed: int, sizes=(3, 4, 4, 3)) -> nn.Sequential:
     return nn.Sequential(*layers).double().float()
 
 
+def _feasible(A, b, bounds) -> bool:
+    return linprog(np.zeros(A.shape[1]), A_ub=A, b_ub=b, bounds=bounds, method="highs").status == 0
+
+
 def pattern_regions(net: nn.Sequential, box_lower, box_upper):
-    """Yield (A_ub, b_ub, G, g) per activation pattern: region A_ub x <= b_ub, logits G x + g."""
+    """Yield (A_ub, b_ub, G, g) per non-empty activation pattern: region A_ub x <= b_ub, logits G x + g.
+
+    Patterns are extended layer by layer; a prefix whose region is empty is not extended.
+    """
     linears = [m for m in net if isinstance(m, nn.Linear)]
     weights = [(m.weight.detach().double().numpy(), m.bias.detach().double().numpy()) for m in linears]
-    hidden = [w.shape[0] for w, _ in weights[:-1]]
-    for bits in itertools.product((0, 1), repeat=sum(hidden)):
-        G, g = np.eye(len(box_lower)), np.zeros(len(box_lower))
-        rows, rhs, used = [], [], 0
-        for (w, b), width in zip(weights[:-1], hidden):
-            P, p = w @ G, w @ g + b
-            active = np.array(bits[used : used + width], dtype=bool)
-            used += width
+    bounds = list(zip(box_lower, box_upper))
+
+    def extend(layer, G, g, A, b):
+        if layer == len(weights) - 1:
+            w, bias = weights[-1]
+            yield A, b, w @ G, w @ g + bias
+            return
+        w, bias = weights[layer]
+        P, p = w @ G, w @ g + bias
+        for bits in itertools.product((0, 1), repeat=w.shape[0]):
+            active = np.array(bits, dtype=bool)
             # active: P x + p >= 0  <=>  -P x <= p ;  inactive: P x + p <= 0
-            rows.append(np.where(active[:, None], -P, P))
-            rhs.append(np.where(active, p, -p))
-            G, g = P * active[:, None], p * active
-        w, b = weights[-1]
-        yield np.vstack(rows), np.concatenate(rhs), w @ G, w @ g + b
+            A_next = np.vstack([A, np.where(active[:, None], -P, P)])
+            b_next = np.concatenate([b, np.where(active, p, -p)])
+            if _feasible(A_next, b_next, bounds):
+                yield from extend(layer + 1, P * active[:, None], p * active, A_next, b_next)
+
+    n = len(box_lower)
+    yield from extend(0, np.eye(n), np.zeros(n), np.zeros((0, n)), np.zeros(0))
 
 
 def brute_min_margin(net, box_lower, box_upper, label):

@@ -25,7 +25,7 @@ def small_cnn():
     ).eval()
 
 
-@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("dynamo", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_exported_network_reads_back_equal(tmp_path, dynamo):
     net = small_cnn()
     path = tmp_path / "net.onnx"

@@ -50,7 +50,8 @@ def survives_pgd(net, x, label, eps) -> bool:
 
 @pytest.mark.parametrize(
     "build,shape,seeds,radii",
-    [(mlp, (1, 6), range(4), (0.15, 0.3)), (conv_maxpool, (1, 1, 4, 4), range(2), (0.05, 0.2))],
+    [pytest.param(mlp, (1, 6), range(4), (0.15, 0.3), marks=pytest.mark.slow),
+     (conv_maxpool, (1, 1, 4, 4), range(2), (0.05, 0.2))],
 )
 def test_answers_agree_and_hold_up(build, shape, seeds, radii):
     statuses = []
