@@ -18,7 +18,6 @@ import scipy.sparse as sp
 from certtrain.verify.encoding import INF, widen
 from certtrain.verify.formulation import Formulation
 from certtrain.verify.perturbations import InputDomain
-from certtrain.verify.result import FloatNetwork
 from certtrain.verify.witness import distortion, witness_from_vars
 
 NORMS = ("linf", "l1")

@@ -3,7 +3,8 @@
 A MILP optimum sits on the decision boundary up to solver tolerances, so the raw point may be a
 tie or slightly on the wrong side in exact arithmetic. Two cheap repairs are tried before the
 sample is declared unresolved: stretching the perturbation away from the clean input by a tiny
-factor, and a few signed-gradient steps of growing size inside the set.
+factor, and steps of growing size (1e-7 .. 1e-3) along the gradient of the wrong class's lead,
+projected so that the point stays in the set.
 """
 
 from __future__ import annotations
