@@ -29,7 +29,9 @@ def binary_hinge(score: torch.Tensor, target: torch.Tensor, margin: float | torc
     return F.relu(torch.as_tensor(margin, dtype=score.dtype) - sign * score.reshape(sign.shape)).mean()
 
 
-def lipschitz_loss(logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", temperature: float = 1.0, margin: float = 1.0):
+def lipschitz_loss(
+    logits: torch.Tensor, y: torch.Tensor, loss: str = "ce", temperature: float = 1.0, margin: float = 1.0
+) -> torch.Tensor:
     """Dispatch by name: "ce" (temperature cross-entropy) or "hinge" (multi-class hinge)."""
     if loss == "ce":
         return temperature_cross_entropy(logits, y, temperature)

@@ -57,6 +57,7 @@ def certify_any(
         if not open_.any():
             break
         xo, yo = x[open_], y[open_]
-        lower = lower_bounds(model, (xo - eps).clamp(0, 1), (xo + eps).clamp(0, 1), margin_spec(yo, num_classes), method=method)
+        box = (xo - eps).clamp(0, 1), (xo + eps).clamp(0, 1)
+        lower = lower_bounds(model, *box, margin_spec(yo, num_classes), method=method)
         certified[open_] = bound_certified(lower)
     return certified

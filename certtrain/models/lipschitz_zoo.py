@@ -33,7 +33,9 @@ def lipschitz_stack(
     modules: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layer_kind = first_kind if (i == 0 and first_kind) else kind
-        modules.append(LipschitzLinear(fan_in, fan_out, kind=layer_kind, max_norm=per_layer, vectorwise=vectorwise, mode=mode))
+        modules.append(
+            LipschitzLinear(fan_in, fan_out, kind=layer_kind, max_norm=per_layer, vectorwise=vectorwise, mode=mode)
+        )
         if i < depth - 1:
             modules.append(GroupSort(group_size))
     return modules
