@@ -143,3 +143,13 @@ def test_min_distortion_bound_matches_the_robustness_threshold():
     below = verify(net, x, label, eps=r.bound * 0.98, pgd_steps=0, time_limit=60)
     above = verify(net, x, label, eps=min(1.0, r.distortion * 1.02), pgd_steps=0, time_limit=60)
     assert (below.status, above.status) == ("robust", "adversarial")
+
+
+def test_float64_models_get_float64_witnesses_inside_the_ball():
+    net = mlp(1).double()
+    x = torch.rand((1, 6), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    label = int(net(x).argmax())
+    r = verify(net, x, label, eps=0.3, time_limit=30)
+    assert r.status == "adversarial" and r.adversarial.dtype == torch.float64
+    assert float((r.adversarial - x).abs().max()) <= 0.3  # exactly, in float64
+    assert net(r.adversarial).argmax().item() != label

@@ -16,7 +16,7 @@ from torch import nn
 from certtrain.attacks import pgd_attack
 from certtrain.verify.encoding import SolverOptions
 from certtrain.verify.formulation import build_formulation
-from certtrain.verify.network import network_steps
+from certtrain.verify.network import model_dtype, network_steps
 from certtrain.verify.objectives import NORMS, min_distortion, robustness
 from certtrain.verify.perturbations import make_domain
 from certtrain.verify.result import FloatNetwork, VerificationResult, as_tensor, representable
@@ -41,7 +41,7 @@ def _pgd_witness(model, x, label, domain, net, steps, restarts):
     radius = domain.eps if domain.name == "linf" else 1.0
     generator = torch.Generator().manual_seed(0)
     with torch.enable_grad():
-        x_adv, found = pgd_attack(model, x.float(), torch.tensor([label]), radius, steps=steps, restarts=restarts,
+        x_adv, found = pgd_attack(model, x.to(model_dtype(model)), torch.tensor([label]), radius, steps=steps, restarts=restarts,
                                   generator=generator)
     if not bool(found[0]):
         return None
@@ -122,8 +122,7 @@ def _decide(model, x, label, classes, targeted, domain, net, steps, *, objective
     bounds = engine_bounds(steps, domain.box_lower, domain.box_upper, "ibp")
     stats = {"unstable_ibp": count_unstable(steps, bounds), "pgd_found": False}
     if depth >= LEVELS.index("crown"):
-        params = [p.dtype for p in model.parameters()]
-        dtype = crown_dtype if params and all(d == torch.float32 for d in params) else torch.float64
+        dtype = crown_dtype if model_dtype(model) == torch.float32 else torch.float64
         crown = engine_bounds(steps, domain.box_lower, domain.box_upper, "crown", dtype)
         bounds = intersect(bounds, crown)
     stats["unstable_crown"] = count_unstable(steps, bounds)

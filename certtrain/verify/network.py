@@ -158,7 +158,7 @@ def network_steps(model: nn.Module, input_shape: tuple[int, ...]) -> list[Step]:
     """The model's layers as exact float64 steps; raises UnsupportedNetworkError naming a bad layer."""
     layers = flatten_layers(model)
     steps = []
-    value = torch.zeros((1, *input_shape))
+    value = torch.zeros((1, *input_shape), dtype=model_dtype(model))
     with torch.no_grad():
         for layer in layers:
             out = layer(value)
@@ -166,6 +166,11 @@ def network_steps(model: nn.Module, input_shape: tuple[int, ...]) -> list[Step]:
             steps.append(Step(layer, _make_op(layer, in_shape), in_shape, tuple(out.shape[1:])))
             value = out
     return steps
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype the model computes in (float32 when it has no parameters)."""
+    return next((p.dtype for p in model.parameters()), torch.float32)
 
 
 def has_maxpool(steps: list[Step]) -> bool:

@@ -101,10 +101,19 @@ def _box_domain(name: str, x_flat: np.ndarray, shape, lower, upper, eps) -> Inpu
     )
 
 
+def _exact_ball(x_flat: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """[x - eps, x + eps] in float64, pulled in by an ulp where rounding made |x' - x| exceed eps."""
+    lower, upper = x_flat - eps, x_flat + eps
+    lower = np.where(x_flat - lower > eps, np.nextafter(lower, np.inf), lower)
+    upper = np.where(upper - x_flat > eps, np.nextafter(upper, -np.inf), upper)
+    return lower, upper
+
+
 def linf_ball(x: torch.Tensor, eps: float) -> InputDomain:
     x_flat, shape = _flat(x)
     eps = _check_eps(eps)
-    return _box_domain("linf", x_flat, shape, np.maximum(x_flat - eps, 0.0), np.minimum(x_flat + eps, 1.0), eps)
+    lower, upper = _exact_ball(x_flat, eps)
+    return _box_domain("linf", x_flat, shape, np.maximum(lower, 0.0), np.minimum(upper, 1.0), eps)
 
 
 def unrestricted(x: torch.Tensor) -> InputDomain:

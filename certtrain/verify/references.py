@@ -9,7 +9,7 @@ from torch import nn
 
 from certtrain.attacks import pgd_attack
 from certtrain.bounds import certified, compute_bounds, margin_spec
-from certtrain.verify.network import has_maxpool, network_steps
+from certtrain.verify.network import has_maxpool, model_dtype, network_steps
 from certtrain.verify.perturbations import InputDomain
 from certtrain.verify.tightening import engine_bounds
 
@@ -26,7 +26,7 @@ def bound_verified(model: nn.Module, domain: InputDomain, label: int, method: st
         lower, upper = engine_bounds(steps, domain.box_lower, domain.box_upper, method, torch.float32)[-1]
         return bool(np.all(lower[label] - np.delete(upper, label) > 0))
     shape = (1, *domain.shape)
-    dtype = next(model.parameters()).dtype
+    dtype = model_dtype(model)
     x_L = torch.from_numpy(domain.box_lower.reshape(shape)).to(dtype)
     x_U = torch.from_numpy(domain.box_upper.reshape(shape)).to(dtype)
     with torch.no_grad():
@@ -42,6 +42,6 @@ def pgd_finds(model: nn.Module, x: torch.Tensor, label: int, domain: InputDomain
         return False
     radius = domain.eps if domain.name == "linf" else 1.0
     with torch.enable_grad():
-        _, found = pgd_attack(model, x.float(), torch.tensor([label]), radius, steps=steps, restarts=restarts,
+        _, found = pgd_attack(model, x.to(model_dtype(model)), torch.tensor([label]), radius, steps=steps, restarts=restarts,
                               generator=torch.Generator().manual_seed(0))
     return bool(found[0])
