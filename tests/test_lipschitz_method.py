@@ -51,3 +51,13 @@ def test_certify_any_contains_the_lipschitz_certificate(model_and_batch):
         with torch.no_grad():
             correct = model(x).argmax(1) == y
         assert (correct | ~both).all()  # nothing misclassified is ever certified
+
+
+def test_certify_any_falls_back_to_bounds_for_layers_without_a_lipschitz_rule():
+    pytest.importorskip("certtrain.bounds")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8, 3))
+    x, y = torch.rand(6, 1, 4, 4), torch.arange(6) % 3
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    assert torch.equal(certify_any(model, x, y, 0.0, 3, bounds=("ibp",)), correct)
