@@ -1,8 +1,11 @@
 """verify(): one sample, from the cheapest argument that settles it to the exact MILP.
 
-Order for `robustness`: clean prediction -> PGD (a float64-confirmed attack is an exact
-'adversarial') -> IBP and CROWN margins from the bound engine (a positive margin is an exact
-'robust') -> MILP with bounds tightened up to `tightening` -> LP relaxation per class -> MIP.
+Order for `robustness`: clean prediction -> IBP and CROWN bounds from the bound engine -> the
+MILP on those bounds, solved as an LP relaxation per class (all margins positive: robust; an LP
+vertex the float64 network misclassifies: adversarial) -> PGD (a float64-confirmed attack is an
+exact 'adversarial') -> the MILP rebuilt with bounds tightened up to `tightening` -> one MIP per
+class that is still open. The LP over the engine's bounds is at least as tight as CROWN's own
+margin bound, so no separate CROWN margin pass is needed.
 """
 
 from __future__ import annotations
@@ -130,7 +133,6 @@ def _decide(model, x, label, classes, targeted, domain, net, steps, *, objective
     build = dict(domain=domain, bounds=bounds, options=solver, time_per_solve=tightening_time_limit,
                  deadline=deadline)
     if objective == "robustness":
-        # The LP relaxation over the engine's bounds is at least as tight as the CROWN margin itself.
         form = build_formulation(steps, level=LEVELS[min(depth, 1)], **build)
         stats["unstable_final"] = form.binaries
         outcome = robustness(form, net, domain, label, classes, targeted, deadline, x, exact=depth < 2)
