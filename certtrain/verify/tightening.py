@@ -61,7 +61,9 @@ def engine_bounds(steps: list[Step], box_lower: np.ndarray, box_upper: np.ndarra
             x_U = torch.from_numpy(upper.reshape(shape)).to(dtype)
             segment = nn.Sequential(*[s.layer for s in steps[start:end]])
             with torch.no_grad():
-                result = intermediate_bounds(segment, x_L, x_U, method=method)
+                # The MILP intersects CROWN with interval bounds anyway: refining only the
+                # interval-unstable neurons gives the same or tighter bounds at a fraction of the cost.
+                result = intermediate_bounds(segment, x_L, x_U, method=method, only_unstable=method == "crown")
             for offset, (l, u) in enumerate(result):
                 bounds[start + offset] = (_padded(l, -1.0), _padded(u, 1.0))
         else:
