@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 DEVICES = ("auto", "cpu", "cuda")
 RAMP_SHAPES = ("linear", "smoothed")
 GM_WEIGHTS = ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")
-EVAL_BOUNDS = ("ibp", "crown-ibp", "crown")
+EVAL_BOUNDS = ("ibp", "crown-ibp", "crown", "lipschitz")  # lipschitz: Lipschitz bound or any sound bound
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "mnist5k")
 
 
@@ -30,6 +30,10 @@ class MethodConfig:
     kappa_final: float = 0.5  # weight of the clean CE at the end of the ramp (starts at 1)
     beta_start: float = 1.0  # CROWN-IBP mixing: beta * CROWN-IBP + (1 - beta) * IBP bounds
     beta_final: float = 0.0
+    # method=lipschitz only: margin-aware loss on the Lipschitz-certified margins (certtrain.lipschitz_method)
+    lipschitz_loss: str = "ce"  # ce (cross-entropy with temperature) | hinge
+    temperature: float = 1.0  # ce: CE(T * margins) / T; Lipschitz nets need T >> 1
+    hinge_margin: float = 0.1  # hinge: relu(hinge_margin - smallest certified margin)
 
 
 @dataclass
@@ -152,6 +156,9 @@ def check_config(cfg: Any, methods=None, certifiers=EVAL_BOUNDS) -> None:
         raise ConfigError(f"lr={cfg.lr} must be positive")
     if cfg.schedule.warmup_epochs < 0 or cfg.schedule.ramp_epochs < 0:
         raise ConfigError("schedule.warmup_epochs and schedule.ramp_epochs must be >= 0")
+    _check_choice("method.lipschitz_loss", cfg.method.lipschitz_loss, ("ce", "hinge"))
+    if cfg.method.temperature <= 0:
+        raise ConfigError(f"method.temperature={cfg.method.temperature} must be positive")
     for key in ("kappa_final", "beta_start", "beta_final"):
         value = cfg.method[key]
         if not 0.0 <= value <= 1.0:

@@ -35,6 +35,18 @@ def _bound_certifier(method: str) -> Certifier:
 CERTIFIERS: dict[str, Certifier] = {name: _bound_certifier(name) for name in ("ibp", "crown-ibp", "crown")}
 
 
+def _lipschitz_certifier(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int
+) -> torch.Tensor:
+    """Certified by the Lipschitz bound of the network or by IBP / CROWN-IBP (any sound method)."""
+    from certtrain.lipschitz_method import certify_any
+
+    return certify_any(model, x, y, eps, num_classes)
+
+
+CERTIFIERS["lipschitz"] = _lipschitz_certifier
+
+
 def eps_key(eps: float) -> str:
     """How a radius appears in metric names and metrics.json: %g (0.1, 0.25, 2e-05)."""
     return f"{eps:g}"

@@ -28,6 +28,7 @@ class RobustContext:
     gm_weights: str = "inverse"
     num_classes: int = 10
     logits: torch.Tensor | None = None  # f(x), when the caller has it already
+    method: object = None  # the method config, for method-specific options (method=lipschitz)
 
 
 RobustLoss = Callable[[RobustContext], torch.Tensor]
@@ -136,6 +137,21 @@ def gm_ibp_loss(ctx: RobustContext) -> torch.Tensor:
 @register_robust_loss("gm_crown_ibp")
 def gm_crown_ibp_loss(ctx: RobustContext) -> torch.Tensor:
     return global_robust_loss(ctx, beta=ctx.beta)
+
+
+@register_robust_loss("lipschitz")
+def lipschitz_loss(ctx: RobustContext) -> torch.Tensor:
+    """Margin-aware loss on the margins the Lipschitz bound certifies at eps_t (Lipschitz nets)."""
+    from certtrain.lipschitz_method import lipschitz_robust_loss
+
+    options = ctx.method
+    logits = ctx.model(ctx.x) if ctx.logits is None else ctx.logits
+    return lipschitz_robust_loss(
+        ctx.model, logits, ctx.y, ctx.eps,
+        loss=getattr(options, "lipschitz_loss", "ce"),
+        temperature=getattr(options, "temperature", 1.0),
+        margin=getattr(options, "hinge_margin", 0.1),
+    )
 
 
 def _local(ctx: RobustContext) -> RobustContext:

@@ -197,7 +197,7 @@ def _train_epoch(run: Run, epoch: int, step: int) -> tuple[int, str]:
         x, y = x.to(run.device), y.to(run.device)
         eps_t, kappa, beta = schedule.eps(step), schedule.kappa(step), schedule.beta(step)
         logits = model(x)
-        ctx = RobustContext(model, x, y, eps_t, beta, cfg.gm.n, cfg.gm.weights)
+        ctx = RobustContext(model, x, y, eps_t, beta, cfg.gm.n, cfg.gm.weights, method=cfg.method)
         loss, _ = training_loss(cfg.method.name, ctx, kappa, logits)
         if not torch.isfinite(loss):
             raise TrainingDiverged(
@@ -233,7 +233,7 @@ def _evaluate(run: Run, split: Split) -> dict:
         run.model,
         split,
         eps_grid=eval_grid(cfg),
-        bounds=list(cfg.eval.bounds),
+        bounds=_eval_bounds(cfg),
         pgd_steps=cfg.eval.pgd_steps,
         pgd_restarts=cfg.eval.pgd_restarts,
         batch_size=cfg.eval.batch_size,
@@ -275,3 +275,11 @@ def _verified_summary(metrics: dict, eps: float) -> str:
     key = min(radii, key=lambda e: abs(float(e) - eps))
     verified = "  ".join(f"{bound} {curve[key]:.4f}" for bound, curve in metrics["verified_err"].items())
     return f"verified@{key} {verified}  pgd {metrics['pgd_err'][key]:.4f}"
+
+
+def _eval_bounds(cfg) -> list[str]:
+    """eval.bounds, plus the `lipschitz` certifier (Lipschitz bound or any sound bound) for method=lipschitz."""
+    bounds = list(cfg.eval.bounds)
+    if cfg.method.name == "lipschitz" and "lipschitz" not in bounds:
+        bounds.append("lipschitz")
+    return bounds

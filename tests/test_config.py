@@ -35,8 +35,8 @@ def hydra_context():
 
 
 def test_groups_list_every_published_choice():
-    assert set(METHODS) == {"standard", "ibp", "crown_ibp", "gm_ibp", "gm_crown_ibp"}
-    assert set(MODELS) == {"mlp", "dm_small", "dm_medium", "dm_large", "cnn7", "wk17a"}
+    assert set(METHODS) == {"standard", "ibp", "crown_ibp", "gm_ibp", "gm_crown_ibp", "lipschitz"}
+    assert set(MODELS) == {"mlp", "dm_small", "dm_medium", "dm_large", "cnn7", "wk17a", "lipschitz_mlp", "lipschitz_mlp_large"}
     assert {"mnist", "fashion_mnist", "cifar10", "mnist5k"} <= set(DATASETS)
 
 
