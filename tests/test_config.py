@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
@@ -26,26 +25,10 @@ def compose_config(*overrides):
         return compose(config_name="config", overrides=list(overrides))
 
 
-@pytest.fixture(scope="module")
-def hydra_context():
-    """One Hydra initialisation for the many compositions of the combination test."""
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        yield
-
-
 def test_groups_list_every_published_choice():
     assert set(METHODS) == {"standard", "ibp", "crown_ibp", "gm_ibp", "gm_crown_ibp", "lipschitz"}
     assert set(MODELS) == {"mlp", "dm_small", "dm_medium", "dm_large", "cnn7", "wk17a", "lipschitz_mlp", "lipschitz_mlp_large"}
     assert {"mnist", "fashion_mnist", "cifar10", "mnist5k"} <= set(DATASETS)
-
-
-@pytest.mark.slow  # 120 compositions, about a minute in all
-@pytest.mark.parametrize("method,model,dataset", list(itertools.product(METHODS, MODELS, DATASETS)))
-def test_every_combination_composes_and_checks(hydra_context, method, model, dataset):
-    cfg = compose(config_name="config", overrides=[f"method={method}", f"model={model}", f"dataset={dataset}"])
-    check_config(cfg, methods=ROBUST_LOSSES)
-    assert (cfg.method.name, cfg.model.name, cfg.dataset.name) == (method, model, dataset)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
