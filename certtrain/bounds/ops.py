@@ -14,6 +14,8 @@ size or 1 (rows shared by every sample until a per-sample relaxation multiplies 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import torch
 import torch.nn.functional as F
 
@@ -23,21 +25,22 @@ def _sum_rows(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(2).sum(-1)
 
 
-class AffineOp:
+class AffineOp(ABC):
     """y = W x + b, with W given implicitly by the subclass."""
 
     in_shape: tuple[int, ...] = ()
 
-    def forward(self, x):  # pragma: no cover - every subclass overrides
-        raise NotImplementedError
+    @abstractmethod
+    def forward(self, x):
+        """W x + b."""
 
+    @abstractmethod
     def abs_apply(self, radius):
         """|W| radius: how far the image of a box reaches around the image of its centre."""
-        raise NotImplementedError
 
+    @abstractmethod
     def transpose(self, A):
         """A W (no bias)."""
-        raise NotImplementedError
 
     def bias_term(self, A):
         """A b summed over the layer's outputs, shape (Ba, S); None when there is no bias."""
