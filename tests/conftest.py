@@ -1,9 +1,12 @@
-"""Shared test helpers: where ../shared lives, and skipping when it is absent."""
+"""Shared test helpers: where ../shared lives (skipping when it is absent), and a tiny MNIST."""
 
 from __future__ import annotations
 
+import gzip
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,3 +24,17 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: these checks need the shared data/models/fixtures beside the repo")
     return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny MNIST in the standard layout: MNIST/raw/*-ubyte.gz (random pixels, random labels)."""
+    root = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 64), ("t10k", 16)):
+        for kind, array in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", rng.integers(0, 10, n))):
+            path = root / "MNIST" / "raw" / f"{prefix}-{kind}-ubyte.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+            path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+    return root

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -29,20 +26,6 @@ TINY = [
     "model=mlp", "eps=0.1", "schedule.warmup_epochs=0", "schedule.ramp_epochs=1", "eval.every=1",
     "eval.subset=8", "eval.pgd_steps=2", "eval.eps_grid=[0.05,0.1]", "gm.n=2", "device=cpu", "log_every=1",
 ]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """A tiny MNIST in the standard layout: MNIST/raw/*-ubyte.gz (random pixels, random labels)."""
-    root = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 64), ("t10k", 16)):
-        for kind, array in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", rng.integers(0, 10, n))):
-            path = root / "MNIST" / "raw" / f"{prefix}-{kind}-ubyte.gz"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-            path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
-    return root
 
 
 def run_cli(*overrides, cwd=ROOT):
