@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -13,6 +14,9 @@ import torch
 # The tests push small tensors, where a second OpenMP thread costs more than it gives: on a busy
 # 2-core machine one soundness test took 0.5 s with one thread and 39 s with two.
 torch.set_num_threads(1)
+# The eager kernels: compiling costs seconds per process and these tensors are small.
+# tests/test_bounds_kernels.py checks that the compiled kernels equal the eager ones.
+os.environ.setdefault("CERTTRAIN_COMPILE", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()

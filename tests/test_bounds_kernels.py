@@ -1,0 +1,88 @@
+"""The fast kernels equal the plain formulas they replace, in values and in gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from certtrain.bounds import kernels
+from certtrain.bounds.kernels import fused_relu_rule, relu_rule, transpose_to_one_channel
+
+
+@pytest.mark.parametrize(
+    "stride, padding, dilation, kernel, size",
+    [(2, 1, 1, 4, 28), (1, 0, 1, 3, 9), (2, 0, 1, 3, 10), (3, 2, 2, 3, 13), (2, 1, 1, 5, 11)],
+)
+def test_transpose_to_one_channel_is_the_adjoint_of_the_convolution(stride, padding, dilation, kernel, size):
+    torch.manual_seed(0)
+    weight = torch.randn(5, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 1, size, size, dtype=torch.float64)
+    out_shape = F.conv2d(x, weight, None, stride, padding, dilation).shape[1:]
+    A = torch.randn(6, *out_shape, dtype=torch.float64, requires_grad=True)
+    transposed = transpose_to_one_channel(A, weight, (stride,) * 2, (padding,) * 2, (dilation,) * 2, (size, size))
+    # <A, conv(x)> = <A^T, x> for every x: the defining property of the transpose.
+    probe = torch.randn(6, 1, size, size, dtype=torch.float64)
+    lhs = (A * F.conv2d(probe, weight, None, stride, padding, dilation)).sum()
+    torch.testing.assert_close(lhs, (transposed * probe).sum())
+    assert torch.autograd.gradcheck(
+        lambda A, w: transpose_to_one_channel(A, w, (stride,) * 2, (padding,) * 2, (dilation,) * 2, (size, size)),
+        (A, weight),
+    )
+
+
+def test_transpose_to_one_channel_rejects_more_channels():
+    with pytest.raises(ValueError, match="input channels"):
+        transpose_to_one_channel(torch.zeros(1, 2, 3, 3), torch.zeros(2, 3, 2, 2), (1, 1), (0, 0), (1, 1), (4, 4))
+
+
+def _relu_inputs(dtype=torch.float32, shared_rows=False):
+    torch.manual_seed(1)
+    batch, rows, neurons = 4, 3, 50
+    lower = (torch.randn(batch, neurons, dtype=dtype) - 0.3).requires_grad_()
+    upper = (lower.detach() + torch.rand(batch, neurons, dtype=dtype)).requires_grad_()
+    A = torch.randn(1 if shared_rows else batch, rows, neurons, dtype=dtype, requires_grad=True)
+    return A, lower, upper
+
+
+def _values_and_grads(fn, A, lower, upper):
+    out, bias = fn(A, lower, upper)
+    torch.manual_seed(2)
+    loss = (out * torch.randn_like(out)).sum() + (bias * torch.randn_like(bias)).sum()
+    grads = torch.autograd.grad(loss, (A, lower, upper))
+    return (out, bias, *grads)
+
+
+def test_relu_rule_bounds_relu_from_below():
+    A, lower, upper = (t.detach() for t in _relu_inputs(torch.float64))
+    A_in, bias = relu_rule(A, lower, upper)
+    for _ in range(20):
+        x = lower + torch.rand_like(lower) * (upper - lower)
+        exact = (A * x.clamp(min=0).unsqueeze(1)).sum(-1)
+        linear = (A_in * x.unsqueeze(1)).sum(-1) + bias
+        assert (linear <= exact + 1e-12).all()
+
+
+@pytest.mark.parametrize("shared_rows", [False, True])
+def test_compiled_relu_rule_equals_the_eager_one(monkeypatch, shared_rows):
+    if not kernels._compiler_present("cpu"):
+        pytest.skip("no C++ compiler on this machine: torch.compile cannot build CPU kernels")
+    monkeypatch.setenv(kernels.COMPILE_ENV, "1")
+    inputs = _relu_inputs(shared_rows=shared_rows)
+    compiled = _values_and_grads(fused_relu_rule, *inputs)
+    eager = _values_and_grads(relu_rule, *inputs)
+    for got, want in zip(compiled, eager):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compile_setting_is_validated(monkeypatch):
+    monkeypatch.setenv(kernels.COMPILE_ENV, "yes")
+    with pytest.raises(ValueError, match="CERTTRAIN_COMPILE"):
+        fused_relu_rule(*_relu_inputs())
+
+
+def test_auto_mode_keeps_small_tensors_eager(monkeypatch):
+    monkeypatch.setenv(kernels.COMPILE_ENV, "auto")
+    assert not kernels.use_compiled(torch.zeros(2, 3, 4))
+    monkeypatch.setenv(kernels.COMPILE_ENV, "0")
+    assert not kernels.use_compiled(torch.zeros(kernels.MIN_COMPILED_ELEMENTS))
