@@ -104,12 +104,31 @@ def radius_grid(eps: float, n: int) -> torch.Tensor:
     return torch.tensor([eps * i / n for i in range(1, n + 1)], dtype=torch.float32)
 
 
-def global_robust_loss(ctx: RobustContext, beta: float) -> torch.Tensor:
-    """sum_i c_i mean_batch CE(-m(x, r_i), y), all radii in ONE bound call (boxes stacked along
-    the batch). With n = 1 this is exactly the local loss."""
+def stack_radii_by_default(device: torch.device) -> bool:
+    """Whether the N radii share one bound call (boxes stacked along the batch).
+
+    Stacking fills an accelerator; on a CPU the kernels are already busy at one radius and the
+    stacked tensors fall out of cache: measured on 2 CPU cores, dm_small, batch 256, N = 4,
+    CROWN-IBP step 1184 ms stacked vs 978 ms one radius after another.
+    """
+    return device.type != "cpu"
+
+
+def global_robust_loss(ctx: RobustContext, beta: float, stack_radii: bool | None = None) -> torch.Tensor:
+    """sum_i c_i mean_batch CE(-m(x, r_i), y) over the radii r_i = (i / n) eps. With n = 1 this is
+    exactly the local loss. stack_radii=None chooses by device (see stack_radii_by_default)."""
     n, batch = ctx.gm_n, len(ctx.x)
     radii = radius_grid(ctx.eps, n).to(ctx.x.device)
     weights = radius_weights(n, ctx.gm_weights).to(ctx.x.device)
+    if stack_radii is None:
+        stack_radii = stack_radii_by_default(ctx.x.device)
+    if n == 1 or not stack_radii:
+        per_radius = []
+        for radius in radii:
+            x_lower, x_upper = input_box(ctx.x, radius)
+            margins = margin_lower_bounds(ctx.model, ctx.x, ctx.y, x_lower, x_upper, beta, ctx.num_classes)
+            per_radius.append(robust_cross_entropy(margins, ctx.y).mean())
+        return (weights * torch.stack(per_radius)).sum()
     stacked = ctx.x.repeat(n, *([1] * (ctx.x.dim() - 1)))
     per_sample_radius = radii.repeat_interleave(batch).view(-1, *([1] * (ctx.x.dim() - 1)))
     x_lower, x_upper = input_box(stacked, per_sample_radius)

@@ -7,7 +7,7 @@ Prints a line per method and, last, one JSON line:
 {"model": ..., "batch": ..., "device": ..., "ms_per_step": {"standard": .., "ibp": .., "crown_ibp": .., "gm_crown_ibp": ..}, "peak_rss_mb": ..}
 ms_per_step is the median over --steps timed steps after --warmup untimed ones, on random
 MNIST/CIFAR-shaped batches; crown_ibp is beta = 1 (the costly ramp phase), gm_crown_ibp uses
-N = --gm-n sub-perturbations batched into one bound call. peak_rss_mb is the process's peak
+N = --gm-n sub-perturbations (stacked into one bound call on a GPU, one after another on a CPU). peak_rss_mb is the process's peak
 resident memory (ru_maxrss) at the end, covering every method run.
 """
 

@@ -13,6 +13,7 @@ from certtrain.losses import (
     RobustContext,
     get_robust_loss,
     global_robust_loss,
+    stack_radii_by_default,
     input_box,
     margin_lower_bounds,
     radius_grid,
@@ -141,16 +142,25 @@ def test_crown_ibp_mixes_the_two_bounds_and_skips_crown_at_beta_zero(monkeypatch
     assert calls == ["ibp"]
 
 
-def test_global_loss_uses_one_bound_call_and_supports_batch_norm(monkeypatch):
+@pytest.mark.parametrize("stack_radii", [True, False])
+def test_global_loss_stacks_radii_or_not_alike_and_supports_batch_norm(monkeypatch, stack_radii):
     model, (x, y) = small_net(batch_norm=True), batch()
     model.train()
     calls = []
     real = bounds.lower_bounds
     monkeypatch.setattr(bounds, "lower_bounds", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
-    loss = get_robust_loss("gm_crown_ibp")(context(model, x, y, 0.1, n=3, beta=1.0))
-    assert calls == [3 * len(x)]  # the three radii stacked along the batch
+    loss = global_robust_loss(context(model, x, y, 0.1, n=3, beta=1.0, weights="inverse"), beta=1.0, stack_radii=stack_radii)
+    # stacked: the three radii in one call along the batch; otherwise one call per radius
+    assert calls == ([3 * len(x)] if stack_radii else [len(x)] * 3)
+    other = global_robust_loss(context(model, x, y, 0.1, n=3, beta=1.0, weights="inverse"), beta=1.0, stack_radii=not stack_radii)
+    assert loss.item() == pytest.approx(other.item(), rel=1e-5)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_radii_stack_on_accelerators_only():
+    assert not stack_radii_by_default(torch.device("cpu"))
+    assert stack_radii_by_default(torch.device("cuda"))
 
 
 def test_training_loss_mixes_clean_and_robust_terms():
