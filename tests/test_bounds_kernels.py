@@ -86,3 +86,13 @@ def test_auto_mode_keeps_small_tensors_eager(monkeypatch):
     assert not kernels.use_compiled(torch.zeros(2, 3, 4))
     monkeypatch.setenv(kernels.COMPILE_ENV, "0")
     assert not kernels.use_compiled(torch.zeros(kernels.MIN_COMPILED_ELEMENTS))
+
+
+def test_a_failing_compiler_names_the_way_out(monkeypatch):
+    def broken(*args):
+        raise OSError("no compiler")
+
+    monkeypatch.setenv(kernels.COMPILE_ENV, "1")
+    monkeypatch.setattr(kernels, "_compiled_relu_rule", lambda: broken)
+    with pytest.raises(RuntimeError, match="CERTTRAIN_COMPILE=0"):
+        fused_relu_rule(*_relu_inputs())

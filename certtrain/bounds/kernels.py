@@ -4,8 +4,8 @@ of a convolution back to a single channel.
 The rule touches every entry of A (batch x spec rows x neurons) several times. Eager PyTorch
 runs each elementwise op, and each op of its autograd backward, as its own pass over memory;
 torch.compile fuses them into a few passes. Measured on 2 CPU cores (torch 2.13) for A of shape
-(256, 9, 3136), forward + backward: eager 103 ms, a hand-fused autograd.Function 75 ms,
-compiled 16 ms (`python scripts/bench_kernels.py`).
+(256, 9, 3136), forward + backward: eager 70-105 ms, compiled 16-17 ms
+(`python scripts/bench_kernels.py`); a hand-fused autograd.Function took 75 ms and was dropped.
 
 When the compiled kernel is used (CERTTRAIN_COMPILE):
   "auto" (default)  when a compiler for the tensor's device is present (a C++ compiler on the
@@ -98,21 +98,28 @@ def _compiled_relu_rule():
 
 def fused_relu_rule(A, lower, upper):
     """relu_rule, compiled where that pays (see the module docstring)."""
-    if use_compiled(A):
+    if not use_compiled(A):
+        return relu_rule(A, lower, upper)
+    try:
         return _compiled_relu_rule()(A, lower, upper)
-    return relu_rule(A, lower, upper)
+    except Exception as error:
+        raise RuntimeError(
+            f"the compiled ReLU rule failed ({type(error).__name__}); "
+            f"set {COMPILE_ENV}=0 to use the eager kernels instead"
+        ) from error
 
 
 class _TransposeToOneChannel(torch.autograd.Function):
     """A W for a Conv2d W with a single input channel (the first layer of a grey-scale net).
 
     conv_transpose2d is slow when it produces one channel. Measured on 2 CPU cores for
-    (2304, 16, 14, 14) -> (2304, 1, 28, 28), forward + backward: 86 ms through autograd, 50 ms
-    with matmul + fold, ... ms here (`python scripts/bench_kernels.py`).
-    Forward: a 1x1 convolution gives, for every kernel tap, the image of A under that tap; the
-    taps (a s + r) that share a block offset a interleave into one full-resolution image
-    (a pixel shuffle), and the images add up at their offsets. Backward: the gradient in A is the
-    convolution itself and the gradient in W is conv2d's weight gradient, both fast CPU paths.
+    (2304, 16, 14, 14) -> (2304, 1, 28, 28), forward + backward: conv_transpose2d 88 ms,
+    matmul + fold 83 ms, this 33 ms (`python scripts/bench_kernels.py`).
+    Forward (dilation 1): one matmul gives the image of A under every kernel tap; kernel row
+    a s + r shifts by block a and lands on phase r of the stride, so the tap images add up into
+    s x s phase planes, interleaved once at the end. Dilated kernels use matmul + fold.
+    Backward: the gradient in A is the convolution itself and the gradient in W is conv2d's
+    weight gradient, both fast CPU paths.
     """
 
     @staticmethod
