@@ -10,24 +10,36 @@ from certtrain.bounds import kernels
 from certtrain.bounds.kernels import fused_relu_rule, relu_rule, transpose_to_one_channel
 
 
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
 @pytest.mark.parametrize(
     "stride, padding, dilation, kernel, size",
-    [(2, 1, 1, 4, 28), (1, 0, 1, 3, 9), (2, 0, 1, 3, 10), (3, 2, 2, 3, 13), (2, 1, 1, 5, 11)],
+    [
+        (2, 1, 1, 4, 28),
+        (1, 0, 1, 3, 9),
+        (2, 0, 1, 3, 10),
+        (3, 2, 2, 3, 13),
+        (2, 1, 1, 5, 11),
+        (3, 0, 1, 2, 10),  # the strided convolution never reads the last input row and column
+        ((2, 1), (0, 3), 1, (4, 3), (12, 7)),  # rectangular, padding wider than the kernel reaches
+    ],
 )
 def test_transpose_to_one_channel_is_the_adjoint_of_the_convolution(stride, padding, dilation, kernel, size):
+    stride, padding, dilation, kernel, size = map(_pair, (stride, padding, dilation, kernel, size))
     torch.manual_seed(0)
-    weight = torch.randn(5, 1, kernel, kernel, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(1, 1, size, size, dtype=torch.float64)
+    weight = torch.randn(5, 1, *kernel, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 1, *size, dtype=torch.float64)
     out_shape = F.conv2d(x, weight, None, stride, padding, dilation).shape[1:]
     A = torch.randn(6, *out_shape, dtype=torch.float64, requires_grad=True)
-    transposed = transpose_to_one_channel(A, weight, (stride,) * 2, (padding,) * 2, (dilation,) * 2, (size, size))
+    transposed = transpose_to_one_channel(A, weight, stride, padding, dilation, size)
     # <A, conv(x)> = <A^T, x> for every x: the defining property of the transpose.
-    probe = torch.randn(6, 1, size, size, dtype=torch.float64)
+    probe = torch.randn(6, 1, *size, dtype=torch.float64)
     lhs = (A * F.conv2d(probe, weight, None, stride, padding, dilation)).sum()
     torch.testing.assert_close(lhs, (transposed * probe).sum())
     assert torch.autograd.gradcheck(
-        lambda A, w: transpose_to_one_channel(A, w, (stride,) * 2, (padding,) * 2, (dilation,) * 2, (size, size)),
-        (A, weight),
+        lambda A, w: transpose_to_one_channel(A, w, stride, padding, dilation, size), (A, weight)
     )
 
 
