@@ -90,6 +90,12 @@ def mean_std(values) -> str:
     return f"{t.mean():.3f} ± {t.std(unbiased=True) if t.numel() > 1 else 0.0:.3f}"
 
 
-def caption(fig, text: str) -> None:
-    """Put the provenance line under a figure."""
+def save_figure(fig, text: str, name: str, dpi: int, bottom: float | None = None) -> None:
+    """Put the provenance line under a figure and save it in results/lipschitz/.
+
+    bottom: the strip tight_layout leaves free for that line (None: keep the figure's layout).
+    """
     fig.text(0.01, 0.005, text.replace("`", ""), fontsize=6, ha="left", va="bottom", wrap=True)
+    if bottom is not None:
+        fig.tight_layout(rect=(0, bottom, 1, 1))
+    fig.savefig(RESULTS / name, dpi=dpi)

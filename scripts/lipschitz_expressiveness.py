@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from lipschitz_common import RESULTS, caption, mean_std, provenance  # noqa: E402
+from lipschitz_common import RESULTS, mean_std, provenance, save_figure  # noqa: E402
 from torch import nn  # noqa: E402
 
 from certtrain.models.lipschitz_zoo import lipschitz_stack  # noqa: E402
@@ -114,8 +114,7 @@ def main():
         ax.contour(fine_axis, fine_axis, values.T, levels=[0.0], colors="k", linewidths=1)
         ax.set_title(title)
     fig.colorbar(im, ax=axes, shrink=0.8)
-    caption(fig, prov)
-    fig.savefig(RESULTS / "expressiveness.png", dpi=110)
+    save_figure(fig, prov, "expressiveness.png", dpi=110)
     print("\n".join(lines))
 
 

@@ -13,7 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from lipschitz_common import RESULTS, caption, fit, mean_std, mlp, monotone_net, provenance  # noqa: E402
+from lipschitz_common import RESULTS, fit, mean_std, mlp, monotone_net, provenance, save_figure  # noqa: E402
 
 SEEDS = 10
 POINTS = 60
@@ -92,9 +92,7 @@ def main():
             for lo, hi in ranges:
                 ax.axvspan(lo, hi, color="grey", alpha=0.1)
             ax.set_title(f"{setting}: {name}", fontsize=9)
-    caption(fig, prov)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(RESULTS / "monotonic_fit.png", dpi=120)
+    save_figure(fig, prov, "monotonic_fit.png", dpi=120, bottom=0.03)
     print("\n".join(lines))
 
 

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from lipschitz_common import RESULTS, caption, fit, lipschitz_net, mean_std, provenance  # noqa: E402
+from lipschitz_common import RESULTS, fit, lipschitz_net, mean_std, provenance, save_figure  # noqa: E402
 
 from certtrain.lipschitz_losses import binary_hinge  # noqa: E402
 
@@ -112,9 +112,7 @@ def main():
         ax.contour(axis, axis, values.T, levels=[0.0], colors="k", linewidths=1)
         ax.scatter(x0[:, 0], x0[:, 1], c=label0, cmap="coolwarm", s=4, edgecolors="k", linewidths=0.2)
         ax.set_title(f"{name} (acc {results[name]['acc'][0]:.1f}%)", fontsize=9)
-    caption(fig, prov)
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
-    fig.savefig(RESULTS / "moons_losses.png", dpi=110)
+    save_figure(fig, prov, "moons_losses.png", dpi=110, bottom=0.03)
     print("\n".join(lines))
 
 

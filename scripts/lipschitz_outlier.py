@@ -7,14 +7,13 @@ Writes results/lipschitz/outlier.{md,png}.
 
 from __future__ import annotations
 
-import math
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from lipschitz_common import RESULTS, caption, fit, lipschitz_net, mean_std, mlp, provenance  # noqa: E402
+from lipschitz_common import RESULTS, fit, lipschitz_net, mean_std, mlp, provenance, save_figure  # noqa: E402
 
 SEEDS = 10
 POINTS = 41  # on [-3, 3]; the middle one (x = 0) is the outlier
@@ -87,9 +86,7 @@ def main():
         ax.set_title(f"{name}: {SEEDS} seeds")
         ax.set_xlabel("x")
         ax.legend(loc="lower right", fontsize=7)
-    caption(fig, prov)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(RESULTS / "outlier.png", dpi=120)
+    save_figure(fig, prov, "outlier.png", dpi=120, bottom=0.04)
     print("\n".join(lines))
 
 

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from lipschitz_common import RESULTS, caption, count_parameters, fit, mean_std, mlp, monotone_net, provenance  # noqa: E402
+from lipschitz_common import RESULTS, count_parameters, fit, mean_std, mlp, monotone_net, provenance, save_figure  # noqa: E402
 
 SEEDS = 3
 SIGNAL, BACKGROUND, TAIL_FRACTION = 5000, 5000, 0.1
@@ -179,9 +179,7 @@ def main():
     axes[3].set_xlabel("x1")
     axes[3].set_ylabel(f"signal efficiency ({WORKING_POINT:.0%} working point)")
     axes[3].legend(fontsize=7)
-    caption(fig, prov)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(RESULTS / "trigger.png", dpi=110)
+    save_figure(fig, prov, "trigger.png", dpi=110, bottom=0.05)
     print("\n".join(lines))
 
 
