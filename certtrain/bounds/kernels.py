@@ -145,7 +145,7 @@ class _TransposeToOneChannel(torch.autograd.Function):
 
 
 def _shuffle_transpose(A, weight, stride, padding, in_size):
-    """Transpose of a dilation-1 convolution to one channel, by taps and pixel shuffles."""
+    """Transpose of a dilation-1 convolution to one channel, by tap images and phase planes."""
     batch, out_channels, height, width = A.shape
     (s_h, s_w), (k_h, k_w) = stride, weight.shape[2:]
     blocks_h, blocks_w = -(-k_h // s_h), -(-k_w // s_w)

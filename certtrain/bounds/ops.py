@@ -75,7 +75,8 @@ class LinearOp(AffineOp):
 
 
 class ConvOp(AffineOp):
-    """Conv2d with zero padding; its transpose is one conv_transpose2d over all spec rows."""
+    """Conv2d with zero padding; its transpose takes all spec rows in one call (conv_transpose2d,
+    or kernels.transpose_to_one_channel back to a single input channel)."""
 
     def __init__(self, module):
         self.weight, self.bias = module.weight, module.bias
@@ -95,19 +96,18 @@ class ConvOp(AffineOp):
     def transpose(self, A):
         rows, out_shape = A.shape[:2], A.shape[2:]
         in_h, in_w = self.in_shape[1:]
-        kh, kw = self.weight.shape[2:]
-        # conv_transpose2d cannot tell which input size a strided conv came from: pad the rest.
-        extra = tuple(
-            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
-            for size, out, s, p, d, k in zip(
-                (in_h, in_w), out_shape[1:], self.stride, self.padding, self.dilation, (kh, kw)
-            )
-        )
         if self.weight.shape[1] == 1 and self.groups == 1:
             A_in = transpose_to_one_channel(
                 A.reshape(-1, *out_shape), self.weight.to(A.dtype), self.stride, self.padding, self.dilation, (in_h, in_w)
             )
             return A_in.reshape(*rows, *A_in.shape[1:])
+        # conv_transpose2d cannot tell which input size a strided conv came from: pad the rest.
+        extra = tuple(
+            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, out, s, p, d, k in zip(
+                (in_h, in_w), out_shape[1:], self.stride, self.padding, self.dilation, self.weight.shape[2:]
+            )
+        )
         # channels_last: measured 0.81x the time of a whole CROWN-IBP pass with autograd (2 CPU cores).
         A_in = F.conv_transpose2d(
             A.reshape(-1, *out_shape).contiguous(memory_format=torch.channels_last),
