@@ -177,6 +177,18 @@ def test_training_loss_mixes_clean_and_robust_terms():
     assert standard.item() == pytest.approx(clean.item())
 
 
+def test_kappa_zero_keeps_the_clean_pass_out_of_the_backward_pass():
+    model, (x, y) = small_net(), batch()
+    logits = model(x)
+    reached = []
+    logits.register_hook(lambda grad: reached.append(grad))
+    loss, parts = training_loss("ibp", context(model, x, y, 0.1), kappa=0.0, logits=logits)
+    assert loss.item() == pytest.approx(parts["robust_ce"], rel=1e-6)
+    loss.backward()
+    assert reached == []  # no backward through f(x) for a term of weight 0
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_registry_accepts_new_methods_and_rejects_unknown_names(monkeypatch):
     monkeypatch.setitem(losses.ROBUST_LOSSES, "constant", lambda ctx: torch.tensor(2.0))
     model, (x, y) = small_net(), batch()
