@@ -5,6 +5,8 @@
 Shapes are those of the CROWN-IBP step of dm_small on MNIST: spec rows x batch through the ReLU
 after the first convolution (16 x 14 x 14) and back through that convolution to the 28 x 28
 input. Each line is forward + backward, best of --repeats; the last line is JSON.
+It also times the step's largest single cost, the transposed convolution back through layer 2,
+and reports its rate in GFLOP/s beside a plain 2048 x 2048 matmul's: the floor under the step.
 """
 
 from __future__ import annotations
@@ -77,9 +79,27 @@ def main(argv=None) -> dict:
         ),
         args.repeats,
     )
+    # The floor under a CROWN-IBP step: the transposed convolution back through layer 2
+    # (32 x 7 x 7 -> 16 x 14 x 14, 4 x 4 kernel, stride 2), against this CPU's matmul rate.
+    A_layer2 = torch.randn(batch * rows, 32, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight2 = torch.randn(32, 16, 4, 4, requires_grad=True)
+    results["transpose_layer2"] = best_ms(
+        forward_backward(lambda A, w: F.conv_transpose2d(A, w, None, 2, 1), (A_layer2, weight2)), args.repeats
+    )
+    # forward, gradient in A, gradient in W: three times the multiply-adds of the forward pass
+    layer2_gflop = 3 * 2 * batch * rows * 32 * 7 * 7 * 16 * 4 * 4 / 1e9
+    square = torch.randn(2048, 2048)
+    matmul_ms = best_ms(lambda: square @ square, args.repeats)
+    rates = {
+        "transpose_layer2_gflop": round(layer2_gflop, 2),
+        "transpose_layer2_gflops": round(layer2_gflop / results["transpose_layer2"] * 1000, 1),
+        "matmul_2048_gflops": round(2 * 2048**3 / 1e9 / matmul_ms * 1000, 1),
+    }
     for name, ms in results.items():
         print(f"{name:>28}: {ms:8.1f} ms (forward + backward)")
-    print(json.dumps({"batch": batch, "rows": rows, "threads": torch.get_num_threads(), "ms": results}))
+    for name, value in rates.items():
+        print(f"{name:>28}: {value:8.1f}")
+    print(json.dumps({"batch": batch, "rows": rows, "threads": torch.get_num_threads(), "ms": results, **rates}))
     return results
 
 
