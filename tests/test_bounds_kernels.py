@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from certtrain.bounds import kernels
 from certtrain.bounds.kernels import fused_relu_rule, relu_rule, transpose_to_one_channel
+from certtrain.bounds.ops import ReLUOp
 
 
 def _pair(v):
@@ -108,3 +109,42 @@ def test_a_failing_compiler_names_the_way_out(monkeypatch):
     monkeypatch.setattr(kernels, "_compiled_relu_rule", lambda: broken)
     with pytest.raises(RuntimeError, match="CERTTRAIN_COMPILE=0"):
         fused_relu_rule(*_relu_inputs())
+
+
+def _channels_last_rows(batch, rows, *shape, dtype=torch.float64):
+    """A (batch, rows, C, H, W) laid out as conv_transpose2d leaves it: (batch * rows) channels_last."""
+    A = torch.randn(batch * rows, *shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    return A.view(batch, rows, *shape)
+
+
+def test_relu_rule_on_channels_last_rows_equals_the_contiguous_one():
+    torch.manual_seed(3)
+    lower = (torch.randn(2, 3, 4, 5, dtype=torch.float64) - 0.3).requires_grad_()
+    upper = (lower.detach() + torch.rand_like(lower)).requires_grad_()
+    A_last = _channels_last_rows(2, 4, 3, 4, 5).requires_grad_()
+    A_plain = A_last.detach().contiguous().requires_grad_()
+    results = []
+    for A in (A_last, A_plain):
+        out, bias = ReLUOp().backward(A, (lower, upper))
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum() + bias.sum()
+        results.append((out, bias, *torch.autograd.grad(loss, (A, lower, upper))))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+    out_last, grad_A_last = results[0][0], results[0][2]
+    for t in (out_last, grad_A_last):  # no copy into another layout on the way, either way
+        assert t.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_transpose_to_one_channel_takes_channels_last_A():
+    torch.manual_seed(4)
+    weight = torch.randn(5, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    A_last = _channels_last_rows(1, 6, 5, 14, 14).flatten(0, 1).requires_grad_()
+    A_plain = A_last.detach().contiguous().requires_grad_()
+    results = []
+    for A in (A_last, A_plain):
+        out = transpose_to_one_channel(A, weight, (2, 2), (1, 1), (1, 1), (28, 28))
+        loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
+        results.append((out, *torch.autograd.grad(loss, (A, weight))))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+    assert results[0][1].is_contiguous(memory_format=torch.channels_last)
