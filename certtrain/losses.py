@@ -193,6 +193,6 @@ def training_loss(
         return clean, {"clean_ce": clean.item()}
     robust = robust_fn(replace(ctx, logits=logits))
     # At kappa = 0 the clean term stays out of the graph: 0 * clean would still cost a backward
-    # pass through the clean forward (about 10 ms of a 75 ms IBP step on dm_small, batch 256).
+    # pass through the clean forward (IBP step, dm_small, batch 256: 71 -> 56 ms median).
     loss = robust if kappa <= 0.0 else kappa * clean + (1.0 - kappa) * robust
     return loss, {"clean_ce": clean.item(), "robust_ce": robust.item()}

@@ -42,6 +42,10 @@ def forward_backward(fn, inputs):
     return run
 
 
+def conv_transpose(A, weight):
+    return F.conv_transpose2d(A, weight, None, 2, 1)
+
+
 def fold_transpose(A, weight):
     columns = weight.reshape(weight.shape[0], -1).t().matmul(A.reshape(A.shape[0], weight.shape[0], -1))
     return F.fold(columns, (28, 28), weight.shape[2:], 1, 1, 2)
@@ -69,9 +73,7 @@ def main(argv=None) -> dict:
     weight = torch.randn(16, 1, 4, 4, requires_grad=True)
     A_conv = torch.randn(batch * rows, 16, 14, 14, requires_grad=True)
     transpose_inputs = (A_conv, weight)
-    results["transpose_conv_transpose2d"] = best_ms(
-        forward_backward(lambda A, w: F.conv_transpose2d(A, w, None, 2, 1), transpose_inputs), args.repeats
-    )
+    results["transpose_conv_transpose2d"] = best_ms(forward_backward(conv_transpose, transpose_inputs), args.repeats)
     results["transpose_fold"] = best_ms(forward_backward(fold_transpose, transpose_inputs), args.repeats)
     results["transpose_to_one_channel"] = best_ms(
         forward_backward(
@@ -83,9 +85,7 @@ def main(argv=None) -> dict:
     # (32 x 7 x 7 -> 16 x 14 x 14, 4 x 4 kernel, stride 2), against this CPU's matmul rate.
     A_layer2 = torch.randn(batch * rows, 32, 7, 7).contiguous(memory_format=torch.channels_last).requires_grad_()
     weight2 = torch.randn(32, 16, 4, 4, requires_grad=True)
-    results["transpose_layer2"] = best_ms(
-        forward_backward(lambda A, w: F.conv_transpose2d(A, w, None, 2, 1), (A_layer2, weight2)), args.repeats
-    )
+    results["transpose_layer2"] = best_ms(forward_backward(conv_transpose, (A_layer2, weight2)), args.repeats)
     # forward, gradient in A, gradient in W: three times the multiply-adds of the forward pass
     layer2_gflop = 3 * 2 * batch * rows * 32 * 7 * 7 * 16 * 4 * 4 / 1e9
     square = torch.randn(2048, 2048)
