@@ -1,7 +1,7 @@
 """Checkpoints that hold everything a resumed run needs to continue bit for bit (same seed, CPU).
 
 Saved: model and optimiser state, the schedule position (epochs done, global step), the RNG
-states (global torch, the data-order generator, CUDA), the wall time so far, and the
+states (global torch, the data-order and radius-draw generators, CUDA), the wall time so far, and the
 architecture, so a checkpoint from another model is refused with a clear message. Files are
 written to a temporary name and renamed, so a crash mid-write keeps the previous checkpoint.
 Loaded with weights_only=True: only tensors and plain containers, no pickled code.
@@ -22,7 +22,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint does not fit this run; the message names the fix."""
 
 
-def save_checkpoint(path: Path, *, model, optimizer, epoch, step, data_generator, seconds, arch) -> None:
+def save_checkpoint(
+    path: Path, *, model, optimizer, epoch, step, data_generator, seconds, arch, radius_generator=None
+) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -30,6 +32,7 @@ def save_checkpoint(path: Path, *, model, optimizer, epoch, step, data_generator
         "rng": {
             "torch": torch.get_rng_state(),
             "data": data_generator.get_state(),
+            "radius": radius_generator.get_state() if radius_generator is not None else None,
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         },
         "seconds": seconds,
@@ -40,7 +43,7 @@ def save_checkpoint(path: Path, *, model, optimizer, epoch, step, data_generator
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, *, model: nn.Module, optimizer, data_generator, arch) -> dict:
+def load_checkpoint(path: Path, *, model: nn.Module, optimizer, data_generator, arch, radius_generator=None) -> dict:
     """Restore model, optimiser and RNG states in place; returns {"epoch", "step", "seconds"}."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -64,6 +67,8 @@ def load_checkpoint(path: Path, *, model: nn.Module, optimizer, data_generator, 
     optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"]["torch"])
     data_generator.set_state(state["rng"]["data"])
+    if radius_generator is not None and state["rng"].get("radius") is not None:
+        radius_generator.set_state(state["rng"]["radius"])
     if state["rng"]["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return {"epoch": state["schedule"]["epoch"], "step": state["schedule"]["step"], "seconds": state["seconds"]}

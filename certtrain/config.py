@@ -17,6 +17,8 @@ DEVICES = ("auto", "cpu", "cuda")
 RAMP_SHAPES = ("linear", "smoothed")
 GM_WEIGHTS = ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")
 EVAL_BOUNDS = ("ibp", "crown-ibp", "crown", "lipschitz")  # lipschitz: Lipschitz bound or any sound bound
+GM_ESTIMATORS = ("all", "sampled", "stratified")
+FUSABLE_METHODS = ("crown_ibp", "gm_crown_ibp")  # methods with a CROWN backward pass
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "mnist5k")
 
 
@@ -34,6 +36,8 @@ class MethodConfig:
     lipschitz_loss: str = "ce"  # ce (cross-entropy with temperature) | hinge
     temperature: float = 1.0  # ce: CE(T * margins) / T; Lipschitz nets need T >> 1
     hinge_margin: float = 0.1  # hinge: relu(hinge_margin - smallest certified margin)
+    # crown_ibp / gm_crown_ibp: bound the CE itself from one backward row per sample (certtrain.bounds.fusion)
+    loss_fusion: bool = False
 
 
 @dataclass
@@ -63,6 +67,9 @@ class ScheduleConfig:
 class GMConfig:
     n: int = 4  # number of radii r_i = (i / n) * eps_t
     weights: str = "inverse"  # inverse | uniform | inverse_square | linear_decreasing | increasing
+    # all: every sample at every radius; sampled: one radius per sample drawn with probability c_i
+    # (one bound call, an unbiased estimate of the same loss); stratified: about B c_i per radius
+    estimator: str = "all"
 
 
 @dataclass
@@ -135,6 +142,12 @@ def check_config(cfg: Any, methods=None, certifiers=EVAL_BOUNDS) -> None:
     if cfg.gm.n < 1:
         raise ConfigError(f"gm.n={cfg.gm.n}: the global loss needs at least one radius, use gm.n >= 1")
     _check_choice("gm.weights", cfg.gm.weights, GM_WEIGHTS)
+    _check_choice("gm.estimator", cfg.gm.estimator, GM_ESTIMATORS)
+    if cfg.method.loss_fusion and cfg.method.name not in FUSABLE_METHODS:
+        raise ConfigError(
+            f"method.loss_fusion=true needs a CROWN backward pass, which method={cfg.method.name} has not; "
+            f"use it with method={' or method='.join(FUSABLE_METHODS)}, or set method.loss_fusion=false"
+        )
     if cfg.eval.eps_grid is not None:
         if len(cfg.eval.eps_grid) == 0:
             raise ConfigError("eval.eps_grid is empty; give at least one radius, e.g. eval.eps_grid=[0.1,0.2], "

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certtrain.config import GM_ESTIMATORS
+
 
 @dataclass(frozen=True)
 class RobustContext:
@@ -29,6 +31,9 @@ class RobustContext:
     num_classes: int = 10
     logits: torch.Tensor | None = None  # f(x), when the caller has it already
     method: object = None  # the method config, for method-specific options (method=lipschitz)
+    gm_estimator: str = "all"  # all | sampled | stratified (see GM_ESTIMATORS)
+    loss_fusion: bool = False  # bound the CE itself from one backward row (certtrain.bounds.fusion)
+    generator: torch.Generator | None = None  # the run's seeded generator for the radius draws
 
 
 RobustLoss = Callable[[RobustContext], torch.Tensor]
@@ -69,17 +74,34 @@ def margin_lower_bounds(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_lower, x_upper, beta: float, num_classes: int
 ) -> torch.Tensor:
     """beta * m_CROWN-IBP + (1 - beta) * m_IBP; the CROWN pass is skipped at beta = 0 and the
-    IBP pass at beta = 1. `x` is the clean batch (BatchNorm statistics come from it)."""
-    from certtrain.bounds import lower_bounds, margin_spec
+    IBP pass at beta = 1; in between both share one interval pass. `x` is the clean batch
+    (BatchNorm statistics come from it)."""
+    from certtrain.bounds import crown_ibp_and_ibp_lower, lower_bounds, margin_spec
 
     spec = margin_spec(y, num_classes)
     if beta <= 0.0:
         return lower_bounds(model, x_lower, x_upper, spec, method="ibp", x=x)
-    crown = lower_bounds(model, x_lower, x_upper, spec, method="crown-ibp", x=x)
     if beta >= 1.0:
-        return crown
-    ibp = lower_bounds(model, x_lower, x_upper, spec, method="ibp", x=x)
+        return lower_bounds(model, x_lower, x_upper, spec, method="crown-ibp", x=x)
+    crown, ibp = crown_ibp_and_ibp_lower(model, x_lower, x_upper, spec, x=x)
     return beta * crown + (1.0 - beta) * ibp
+
+
+def robust_ce_per_sample(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_lower, x_upper, beta: float, num_classes: int,
+    loss_fusion: bool = False,
+) -> torch.Tensor:
+    """Per-sample upper bound of the worst-case CE over the box, as the method trains on it.
+
+    Unfused: CE(-m, y) of the beta-mixed margins. Fused: beta * CE_fused + (1 - beta) * CE(-m_IBP)
+    (certtrain.bounds.fusion: the backward pass starts from one row per sample).
+    """
+    if not loss_fusion or beta <= 0.0:
+        return robust_cross_entropy(margin_lower_bounds(model, x, y, x_lower, x_upper, beta, num_classes), y)
+    from certtrain.bounds import ce_upper_bound
+
+    fused, ibp = ce_upper_bound(model, x_lower, x_upper, y, method="crown-ibp", x=x, with_ibp=True)
+    return fused if beta >= 1.0 else beta * fused + (1.0 - beta) * ibp
 
 
 def radius_weights(n: int, scheme: str) -> torch.Tensor:
@@ -115,27 +137,69 @@ def stack_radii_by_default(device: torch.device) -> bool:
 
 
 def global_robust_loss(ctx: RobustContext, beta: float, stack_radii: bool | None = None) -> torch.Tensor:
-    """sum_i c_i mean_batch CE(-m(x, r_i), y) over the radii r_i = (i / n) eps. With n = 1 this is
-    exactly the local loss. stack_radii=None chooses by device (see stack_radii_by_default)."""
+    """sum_i c_i mean_batch CE(-m(x, r_i), y) over the radii r_i = (i / n) eps, or an unbiased
+    estimate of it (ctx.gm_estimator, see radius_draw). With n = 1 this is exactly the local
+    loss. stack_radii=None chooses by device (see stack_radii_by_default); it only matters for
+    the `all` estimator."""
+    if ctx.gm_estimator not in GM_ESTIMATORS:
+        raise ValueError(f"gm.estimator={ctx.gm_estimator!r} is not known; choose one of {', '.join(GM_ESTIMATORS)}")
     n, batch = ctx.gm_n, len(ctx.x)
     radii = radius_grid(ctx.eps, n).to(ctx.x.device)
     weights = radius_weights(n, ctx.gm_weights).to(ctx.x.device)
+
+    def per_sample(x_lower, x_upper, labels):
+        return robust_ce_per_sample(ctx.model, ctx.x, labels, x_lower, x_upper, beta, ctx.num_classes, ctx.loss_fusion)
+
+    if n > 1 and ctx.gm_estimator != "all":
+        index, sample_weight = radius_draw(weights, batch, ctx.gm_estimator, ctx.generator)
+        index, sample_weight = index.to(ctx.x.device), sample_weight.to(ctx.x.device)
+        x_lower, x_upper = input_box(ctx.x, radii[index].view(-1, *([1] * (ctx.x.dim() - 1))))
+        return (sample_weight * per_sample(x_lower, x_upper, ctx.y)).sum()
     if stack_radii is None:
         stack_radii = stack_radii_by_default(ctx.x.device)
     if n == 1 or not stack_radii:
-        per_radius = []
-        for radius in radii:
-            x_lower, x_upper = input_box(ctx.x, radius)
-            margins = margin_lower_bounds(ctx.model, ctx.x, ctx.y, x_lower, x_upper, beta, ctx.num_classes)
-            per_radius.append(robust_cross_entropy(margins, ctx.y).mean())
+        per_radius = [per_sample(*input_box(ctx.x, radius), ctx.y).mean() for radius in radii]
         return (weights * torch.stack(per_radius)).sum()
     stacked = ctx.x.repeat(n, *([1] * (ctx.x.dim() - 1)))
     per_sample_radius = radii.repeat_interleave(batch).view(-1, *([1] * (ctx.x.dim() - 1)))
     x_lower, x_upper = input_box(stacked, per_sample_radius)
-    labels = ctx.y.repeat(n)
-    margins = margin_lower_bounds(ctx.model, ctx.x, labels, x_lower, x_upper, beta, ctx.num_classes)
-    per_radius = robust_cross_entropy(margins, labels).view(n, batch).mean(dim=1)
+    per_radius = per_sample(x_lower, x_upper, ctx.y.repeat(n)).view(n, batch).mean(dim=1)
     return (weights * per_radius).sum()
+
+
+def radius_draw(
+    weights: torch.Tensor, batch: int, estimator: str, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(radius index, loss weight) per sample, so that sum_b weight_b CE_b(r_index_b) is an unbiased
+    estimate of sum_i c_i mean_b CE_b(r_i) (and so is its gradient).
+
+    sampled:    index_b ~ c independently, weight 1 / B.
+    stratified: n_i = B c_i samples per radius (rounded by largest remainder, at least one each),
+                assigned by a random permutation, weight c_i / n_i: each sample is equally likely
+                in every stratum, so the estimate is unbiased with less variance from the counts.
+                A batch smaller than N cannot fill every stratum; it is drawn as `sampled`.
+    Drawn on the CPU from `generator` (the run's seeded generator, saved in its checkpoint).
+    """
+    weights = weights.detach().cpu().double()
+    n = len(weights)
+    if estimator == "stratified" and batch >= n:
+        counts = _largest_remainder_counts(weights, batch)
+        strata = torch.repeat_interleave(torch.arange(n), counts)
+        index = strata[torch.randperm(batch, generator=generator)]
+        sample_weight = (weights / counts)[index]
+        return index, sample_weight.float()
+    index = torch.multinomial(weights, batch, replacement=True, generator=generator)
+    return index, torch.full((batch,), 1.0 / batch)
+
+
+def _largest_remainder_counts(weights: torch.Tensor, total: int) -> torch.Tensor:
+    """Integer counts proportional to weights, summing to total, each at least 1 (total >= len)."""
+    n = len(weights)
+    share = weights * (total - n)  # one sample per stratum first, the rest by weight
+    counts = share.floor().long()
+    left = total - n - int(counts.sum())
+    counts[torch.argsort(share - counts, descending=True)[:left]] += 1
+    return counts + 1
 
 
 @register_robust_loss("ibp")

@@ -32,6 +32,7 @@ from certtrain.schedules import RampSchedule, step_lr
 
 log = logging.getLogger(__name__)
 
+RADIUS_SEED_OFFSET = 1_000_003  # the radius draws' seed is seed + this
 MODEL_STATS_OF = {"mnist5k": "mnist"}  # mnist5k digits are MNIST digits: same normalisation
 
 
@@ -94,6 +95,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     schedule: RampSchedule
     data_generator: torch.Generator
+    radius_generator: torch.Generator  # the GM estimator's radius draws (gm.estimator=sampled)
     arch: dict
     writer: SummaryWriter | None = None
 
@@ -120,7 +122,7 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
             log.info(line)
             save_checkpoint(
                 run.checkpoint, model=run.model, optimizer=run.optimizer, epoch=epoch + 1, step=step,
-                data_generator=run.data_generator, seconds=seconds_before + time.perf_counter() - started,
+                data_generator=run.data_generator, radius_generator=run.radius_generator, seconds=seconds_before + time.perf_counter() - started,
                 arch=run.arch,
             )
             run.writer.flush()
@@ -162,6 +164,8 @@ def _build_run(cfg: DictConfig, run_dir: Path) -> Run:
         optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
         schedule=schedule,
         data_generator=torch.Generator().manual_seed(cfg.seed),
+        # Its own stream, so the data order does not depend on the estimator.
+        radius_generator=torch.Generator().manual_seed(cfg.seed + RADIUS_SEED_OFFSET),
         arch={"model": cfg.model.name, "dataset": stats_of},
     )
 
@@ -170,7 +174,8 @@ def _restore(run: Run) -> tuple[int, int, float]:
     """(epochs done, global step, seconds spent) from the run folder's checkpoint when resuming."""
     if run.cfg.resume and run.checkpoint.is_file():
         done = load_checkpoint(
-            run.checkpoint, model=run.model, optimizer=run.optimizer, data_generator=run.data_generator, arch=run.arch
+            run.checkpoint, model=run.model, optimizer=run.optimizer, data_generator=run.data_generator,
+            arch=run.arch, radius_generator=run.radius_generator,
         )
         log.info("resuming from %s after epoch %d", run.checkpoint, done["epoch"])
         return done["epoch"], done["step"], done["seconds"]
@@ -197,7 +202,10 @@ def _train_epoch(run: Run, epoch: int, step: int) -> tuple[int, str]:
         x, y = x.to(run.device), y.to(run.device)
         eps_t, kappa, beta = schedule.eps(step), schedule.kappa(step), schedule.beta(step)
         logits = model(x)
-        ctx = RobustContext(model, x, y, eps_t, beta, cfg.gm.n, cfg.gm.weights, method=cfg.method)
+        ctx = RobustContext(
+            model, x, y, eps_t, beta, cfg.gm.n, cfg.gm.weights, method=cfg.method,
+            gm_estimator=cfg.gm.estimator, loss_fusion=cfg.method.loss_fusion, generator=run.radius_generator,
+        )
         loss, _ = training_loss(cfg.method.name, ctx, kappa, logits)
         if not torch.isfinite(loss):
             raise TrainingDiverged(

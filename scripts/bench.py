@@ -4,10 +4,13 @@
     python scripts/bench.py --model dm_medium --dataset cifar10 --batch 128 --methods crown_ibp
 
 Prints a line per method and, last, one JSON line:
-{"model": ..., "batch": ..., "device": ..., "ms_per_step": {"standard": .., "ibp": .., "crown_ibp": .., "gm_crown_ibp": ..}, "peak_rss_mb": ..}
+{"model": ..., "batch": ..., "device": ..., "ms_per_step": {"standard": .., "ibp": .., ...}, "ratios": {..}, "peak_rss_mb": ..}
 ms_per_step is the median over --steps timed steps after --warmup untimed ones, on random
 MNIST/CIFAR-shaped batches; crown_ibp is beta = 1 (the costly ramp phase), gm_crown_ibp uses
-N = --gm-n sub-perturbations (stacked into one bound call on a GPU, one after another on a CPU). peak_rss_mb is the process's peak
+N = --gm-n sub-perturbations (stacked into one bound call on a GPU, one after another on a CPU);
+*_sampled draws one radius per sample (gm.estimator=sampled, one bound call), *_fused bounds the CE
+itself (method.loss_fusion=true). ratios: the issue-11 targets, each against ibp or crown_ibp of
+the same run. peak_rss_mb is the process's peak
 resident memory (ru_maxrss) at the end, covering every method run.
 """
 
@@ -25,15 +28,30 @@ import torch
 from certtrain.losses import RobustContext, training_loss
 from certtrain.models import build_model
 
-METHODS = ("standard", "ibp", "crown_ibp", "gm_crown_ibp")
+# bench key -> (training method, gm.estimator, method.loss_fusion)
+VARIANTS = {
+    "standard": ("standard", "all", False),
+    "ibp": ("ibp", "all", False),
+    "crown_ibp": ("crown_ibp", "all", False),
+    "gm_crown_ibp": ("gm_crown_ibp", "all", False),
+    "gm_crown_ibp_sampled": ("gm_crown_ibp", "sampled", False),
+    "crown_ibp_fused": ("crown_ibp", "all", True),
+    "gm_crown_ibp_sampled_fused": ("gm_crown_ibp", "sampled", True),
+}
+METHODS = tuple(VARIANTS)
 
 
-def make_step(model, optimizer, method: str, eps: float, gm_n: int):
-    """One training step of `method` at radius eps with kappa = 0 (pure robust loss, beta = 1)."""
+def make_step(model, optimizer, variant: str, eps: float, gm_n: int):
+    """One training step of `variant` at radius eps with kappa = 0 (pure robust loss, beta = 1)."""
+    method, estimator, fused = VARIANTS[variant]
+    generator = torch.Generator().manual_seed(0)
 
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
-        context = RobustContext(model, x, y, eps=eps, beta=1.0, gm_n=gm_n if method.startswith("gm_") else 1)
+        context = RobustContext(
+            model, x, y, eps=eps, beta=1.0, gm_n=gm_n if method.startswith("gm_") else 1,
+            gm_estimator=estimator, loss_fusion=fused, generator=generator,
+        )
         loss, _ = training_loss(method, context, kappa=0.0)
         loss.backward()
         optimizer.step()
@@ -87,12 +105,21 @@ def main(argv=None) -> dict:
     for method in methods:
         ms[method] = round(time_method(model, method, x, y, args), 1)
         print(f"{method:>14}: {ms[method]:8.1f} ms/step", file=sys.stderr)
+    ratios = {
+        f"{key}/{base}": round(ms[key] / ms[base], 3)
+        for key, base in (
+            ("gm_crown_ibp_sampled", "crown_ibp"), ("gm_crown_ibp", "crown_ibp"), ("crown_ibp_fused", "ibp"),
+            ("crown_ibp", "ibp"), ("gm_crown_ibp_sampled_fused", "ibp"),
+        )
+        if key in ms and base in ms
+    }
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "model": args.model,
         "batch": args.batch,
         "device": args.device,
         "ms_per_step": ms,
+        "ratios": ratios,
         "peak_rss_mb": round(peak_mb, 1),
     }
     print(json.dumps(result))

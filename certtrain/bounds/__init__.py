@@ -27,9 +27,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from certtrain.bounds.fusion import fused_and_ibp_ce
 from certtrain.bounds.backward import backward_bounds, backward_lower, crown_intermediate_pass
 from certtrain.bounds.graph import UnsupportedLayerError, build_ops, flatten_layers
-from certtrain.bounds.interval import ibp_bounds, identity_spec, interval_pass
+from certtrain.bounds.interval import ibp_bounds, identity_spec, interval_pass, interval_with_spec
 
 METHODS = ("ibp", "crown-ibp", "crown")
 # Relative difference between float32 and float64 bounds that the tests guarantee.
@@ -39,8 +40,10 @@ __all__ = [
     "FLOAT32_SLACK",
     "METHODS",
     "UnsupportedLayerError",
+    "ce_upper_bound",
     "certified",
     "compute_bounds",
+    "crown_ibp_and_ibp_lower",
     "flatten_layers",
     "intermediate_bounds",
     "lower_bounds",
@@ -53,9 +56,10 @@ def margin_spec(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     y = torch.as_tensor(y).long().flatten()
     if len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
-    eye = torch.eye(num_classes)
+    # Made on the labels' device: a CPU eye indexed by CUDA labels fails on the first GPU step.
+    eye = torch.eye(num_classes, device=y.device)
     rows = eye[y].unsqueeze(1) - eye.unsqueeze(0)  # (B, K, K): row j = e_y - e_j
-    keep = torch.arange(num_classes).unsqueeze(0) != y.unsqueeze(1)
+    keep = torch.arange(num_classes, device=y.device).unsqueeze(0) != y.unsqueeze(1)
     return rows[keep].reshape(len(y), num_classes - 1, num_classes)
 
 
@@ -90,7 +94,7 @@ def _check_spec(C, x_L, out_shape):
         raise ValueError(
             f"C must be (B, S, K) with B={x_L.shape[0]} and K={out_shape}, got {tuple(C.shape)}"
         )
-    return C.to(x_L.dtype)
+    return C.to(device=x_L.device, dtype=x_L.dtype)
 
 
 def compute_bounds(
@@ -127,6 +131,40 @@ def lower_bounds(model, x_L, x_U, C, method="ibp", x=None) -> torch.Tensor:
     if method == "ibp":
         return ibp_bounds(ops, x_L, x_U, C)[0]
     return backward_lower(ops, C, _intermediate(ops, x_L, x_U, method), x_L, x_U)
+
+
+def crown_ibp_and_ibp_lower(model, x_L, x_U, C, x=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CROWN-IBP, IBP) lower bounds of C f(x') from ONE interval pass: what the CROWN-IBP ramp
+    mixes (beta * CROWN-IBP + (1 - beta) * IBP) costs one pass less than two lower_bounds calls."""
+    ops, _, out_shape = _prepare(model, x_L, x_U, x)
+    C = _check_spec(C, x_L, out_shape)
+    in_bounds = interval_pass(ops[:-1], x_L, x_U)
+    ibp = interval_with_spec(ops[-1], *in_bounds[-1], C)[0]
+    return backward_lower(ops, C, in_bounds, x_L, x_U), ibp
+
+
+def ce_upper_bound(model, x_L, x_U, y, method="crown-ibp", x=None, with_ibp=False):
+    """Per-sample upper bound of max over the box of CE(f(x'), y), by loss fusion: the backward
+    pass starts from one row per sample instead of K - 1 (see certtrain.bounds.fusion).
+
+    method: "ibp" (CE(-m_IBP, y)), "crown-ibp" or "crown" (intermediate bounds by CROWN).
+    with_ibp=True also returns CE(-m_IBP, y), which the fused bound never exceeds.
+    """
+    _check_method(method)
+    ops, _, out_shape = _prepare(model, x_L, x_U, x)
+    if len(out_shape) != 1:
+        raise ValueError(f"the model's output has shape {out_shape}; the CE bound needs flat logits")
+    C = _check_spec(margin_spec(y.to(x_L.device), out_shape[0]), x_L, out_shape)
+    if method == "ibp":
+        ibp = _ibp_ce(ibp_bounds(ops, x_L, x_U, C)[0])
+        return (ibp, ibp) if with_ibp else ibp
+    fused, ibp = fused_and_ibp_ce(ops, C, x_L, x_U, method)
+    return (fused, ibp) if with_ibp else fused
+
+
+def _ibp_ce(margin_lower):
+    """log(1 + sum_j exp(-m_j)): CE(-m, y) with the true class's 0 logit."""
+    return torch.logsumexp(torch.nn.functional.pad(-margin_lower, (1, 0)), dim=1)
 
 
 def _intermediate(ops, x_L, x_U, method):
