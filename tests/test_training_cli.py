@@ -99,13 +99,22 @@ def test_multirun_trains_every_method_in_folders_named_by_overrides(data_dir, tm
     assert (sweep / "summary.csv").is_file() and (sweep / "summary.png").stat().st_size > 0
 
 
-def _tiny_config(data_dir, *extra):
-    return compose_config("method=ibp", *TINY, f"data_dir={data_dir}", *extra)
+def _tiny_config(data_dir, *extra, method=("method=ibp",)):
+    return compose_config(*method, *TINY, f"data_dir={data_dir}", *extra)
+
+
+# The sampled GM estimator draws radii from its own seeded generator: resume must continue it.
+RESUMED_METHODS = {
+    "ibp": ("method=ibp",),
+    "gm_sampled_fused": ("method=gm_crown_ibp", "gm.estimator=sampled", "method.loss_fusion=true"),
+}
 
 
 @pytest.mark.slow
-def test_resume_after_an_interruption_gives_the_uninterrupted_result(data_dir, tmp_path, monkeypatch):
-    whole = train(_tiny_config(data_dir, "epochs=3"), run_dir=tmp_path / "whole")
+@pytest.mark.parametrize("method", list(RESUMED_METHODS))
+def test_resume_after_an_interruption_gives_the_uninterrupted_result(data_dir, tmp_path, monkeypatch, method):
+    method = RESUMED_METHODS[method]
+    whole = train(_tiny_config(data_dir, "epochs=3", method=method), run_dir=tmp_path / "whole")
 
     real_save = training.save_checkpoint
 
@@ -116,9 +125,9 @@ def test_resume_after_an_interruption_gives_the_uninterrupted_result(data_dir, t
 
     monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
     with pytest.raises(KeyboardInterrupt):
-        train(_tiny_config(data_dir, "epochs=3"), run_dir=tmp_path / "interrupted")
+        train(_tiny_config(data_dir, "epochs=3", method=method), run_dir=tmp_path / "interrupted")
     monkeypatch.setattr(training, "save_checkpoint", real_save)
-    resumed = train(_tiny_config(data_dir, "epochs=3", "resume=true"), run_dir=tmp_path / "interrupted")
+    resumed = train(_tiny_config(data_dir, "epochs=3", "resume=true", method=method), run_dir=tmp_path / "interrupted")
 
     for key in ("clean_err", "pgd_err", "verified_err", "epochs"):
         assert resumed[key] == whole[key]
@@ -173,3 +182,30 @@ def test_cuda_without_a_gpu_names_the_fix(tmp_path):
 
     with pytest.raises(ConfigError, match="device=cpu or device=auto"):
         train(compose_config("device=cuda"), run_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (("gm.estimator=importance",), "all, sampled, stratified"),
+        (("method=ibp", "method.loss_fusion=true"), "needs a CROWN backward pass"),
+    ],
+)
+def test_bad_estimator_and_fusion_settings_name_the_fix(tmp_path, overrides, message):
+    from certtrain.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        train(compose_config(*overrides), run_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_sampled_runs_differ_by_seed_and_repeat_by_seed(data_dir, tmp_path):
+    method = ("method=gm_crown_ibp", "gm.estimator=sampled", "gm.n=4")
+    first = train(_tiny_config(data_dir, method=method), run_dir=tmp_path / "a")
+    again = train(_tiny_config(data_dir, method=method), run_dir=tmp_path / "b")
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a) and first["clean_err"] == again["clean_err"]
+    train(_tiny_config(data_dir, "seed=1", method=method), run_dir=tmp_path / "c")
+    c = torch.load(tmp_path / "c" / "checkpoint.pt", weights_only=True)["model"]
+    assert not all(torch.equal(a[k], c[k]) for k in a)

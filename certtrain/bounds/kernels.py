@@ -30,7 +30,9 @@ log = logging.getLogger(__name__)
 
 COMPILE_ENV = "CERTTRAIN_COMPILE"
 # Below this many entries of A the compiled kernel gains little and compiling costs seconds.
-MIN_COMPILED_ELEMENTS = 1 << 20
+# 2^18 admits the one-row A of loss fusion ((256, 1, 3136) in dm_small): measured on 2 CPU cores,
+# fused CROWN-IBP step 150 ms eager vs 98 ms compiled (IBP step of the same run: 73 ms).
+MIN_COMPILED_ELEMENTS = 1 << 18
 
 
 def relu_relaxation(lower, upper):
