@@ -27,6 +27,7 @@ from certtrain.download import load_or_download
 from certtrain.evaluate import CERTIFIERS, evaluate
 from certtrain.losses import ROBUST_LOSSES, RobustContext, training_loss
 from certtrain.models import build_model
+from certtrain.provenance import provenance
 from certtrain.reporting import flat_hparams, log_eval_scalars, log_hparams, save_drawdown
 from certtrain.schedules import RampSchedule, step_lr
 
@@ -268,6 +269,9 @@ def _final_evaluation(run: Run, step: int, seconds: float) -> dict:
         test_samples=len(run.test_split),
         device=str(run.device),
         seed=cfg.seed,
+        gm_estimator=cfg.gm.estimator,
+        loss_fusion=cfg.method.loss_fusion,
+        provenance=provenance(run.device),
     )
     title = f"{cfg.method.name} {cfg.model.name} {cfg.dataset.name} eps_train {train_eps(cfg):g}"
     save_drawdown(run.writer, metrics, run.run_dir, step, title)
