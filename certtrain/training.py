@@ -58,14 +58,16 @@ def load_data(cfg) -> tuple[Split, Split]:
     return train, test
 
 
-def _batches(split: Split, batch_size: int, generator: torch.Generator, augment: bool):
+def _batches(split: Split, batch_size: int, generator: torch.Generator, augment: bool, device: torch.device):
+    """Batches of (x in [0, 1], y) on `device`: the uint8 pixels cross to the device, a quarter
+    of the float bytes, and are converted there."""
     order = torch.randperm(len(split), generator=generator)
     for start in range(0, len(split), batch_size):
         index = order[start : start + batch_size]
         images = split.images[index]
         if augment:
             images = random_crop_flip(images, generator)
-        yield to_float(images), split.labels[index]
+        yield to_float(images.to(device, non_blocking=True)), split.labels[index].to(device, non_blocking=True)
 
 
 def _as_config(cfg) -> DictConfig:
@@ -195,12 +197,16 @@ def _train_epoch(run: Run, epoch: int, step: int) -> tuple[int, str]:
         group["lr"] = lr
     started = time.perf_counter()
     model.train()
-    loss_sum, wrong, seen = 0.0, 0, 0
-    batches = _batches(run.train_split, cfg.batch_size, run.data_generator, cfg.dataset.augment)
+    # Sums stay on the device: reading a value back waits for the device, so the step does that
+    # only every log_every steps (and at the end of the epoch).
+    loss_sum = torch.zeros((), device=run.device)
+    wrong = torch.zeros((), dtype=torch.long, device=run.device)
+    nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
+    seen, checked_until = 0, step
+    batches = _batches(run.train_split, cfg.batch_size, run.data_generator, cfg.dataset.augment, run.device)
     total = math.ceil(len(run.train_split) / cfg.batch_size)
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None, leave=False)
     for x, y in bar:
-        x, y = x.to(run.device), y.to(run.device)
         eps_t, kappa, beta = schedule.eps(step), schedule.kappa(step), schedule.beta(step)
         logits = model(x)
         ctx = RobustContext(
@@ -208,32 +214,49 @@ def _train_epoch(run: Run, epoch: int, step: int) -> tuple[int, str]:
             gm_estimator=cfg.gm.estimator, loss_fusion=cfg.method.loss_fusion, generator=run.radius_generator,
         )
         loss, _ = training_loss(cfg.method.name, ctx, kappa, logits)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(
-                f"loss is {loss.item()} at epoch {epoch + 1}, step {step} (eps {eps_t:.4g}, kappa {kappa:.3g}, "
-                f"lr {lr:.3g}); the last good checkpoint ({run.checkpoint}) is kept. Lower lr, set "
-                "schedule.grad_clip, or lengthen schedule.ramp_epochs, then rerun (resume=true continues "
-                "from the checkpoint)"
-            )
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.schedule.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.schedule.grad_clip)
         run.optimizer.step()
-        loss_sum += loss.item() * len(y)
-        wrong += (logits.argmax(1) != y).sum().item()
+        loss = loss.detach()
+        nonfinite |= ~torch.isfinite(loss)
+        loss_sum += loss * len(y)
+        wrong += (logits.detach().argmax(1) != y).sum()
         seen += len(y)
         if step % cfg.log_every == 0:
-            for tag, value in (("loss", loss.item()), ("eps", eps_t), ("kappa", kappa), ("beta", beta), ("lr", lr)):
-                run.writer.add_scalar(f"train/{tag}", value, step)
-        bar.set_postfix(loss=f"{loss.item():.3f}", eps=f"{eps_t:.3g}")
+            _stop_if_diverged(run, nonfinite, epoch, checked_until, step, lr)
+            checked_until = step + 1
+            value = loss.item()
+            for tag, scalar in (("loss", value), ("eps", eps_t), ("kappa", kappa), ("beta", beta), ("lr", lr)):
+                run.writer.add_scalar(f"train/{tag}", scalar, step)
+            bar.set_postfix(loss=f"{value:.3f}", eps=f"{eps_t:.3g}")
         step += 1
-    run.writer.add_scalar("train/epoch_loss", loss_sum / seen, step)
+    _stop_if_diverged(run, nonfinite, epoch, checked_until, step - 1, lr)
+    epoch_loss, train_err = loss_sum.item() / seen, wrong.item() / seen
+    run.writer.add_scalar("train/epoch_loss", epoch_loss, step)
     line = (
-        f"epoch {epoch + 1}/{cfg.epochs}  loss {loss_sum / seen:.4f}  train_err {wrong / seen:.4f}  eps {eps_t:.4g}  "
+        f"epoch {epoch + 1}/{cfg.epochs}  loss {epoch_loss:.4f}  train_err {train_err:.4f}  eps {eps_t:.4g}  "
         f"kappa {kappa:.3g}  beta {beta:.3g}  lr {lr:.3g}  {time.perf_counter() - started:.1f}s"
     )
     return step, line
+
+
+def _stop_if_diverged(run: Run, nonfinite: torch.Tensor, epoch: int, first: int, last: int, lr: float) -> None:
+    """Raise TrainingDiverged if a loss since step `first` was NaN or infinite (checked before any
+    checkpoint of this epoch is written, so the kept checkpoint predates the divergence)."""
+    if not nonfinite.item():
+        return
+    steps = f"step {last}" if first >= last else f"a step between {first} and {last}"
+    kept = (
+        f"the checkpoint of the last finished epoch ({run.checkpoint}) is kept"
+        if run.checkpoint.is_file() and epoch > 0
+        else "no checkpoint was written yet (it diverged in the first epoch)"
+    )
+    raise TrainingDiverged(
+        f"the loss became NaN or infinite at epoch {epoch + 1}, {steps} (lr {lr:.3g}); {kept}. Lower lr, set "
+        "schedule.grad_clip, or lengthen schedule.ramp_epochs, then rerun (resume=true continues from the checkpoint)"
+    )
 
 
 def _evaluate(run: Run, split: Split) -> dict:

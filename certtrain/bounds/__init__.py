@@ -48,19 +48,29 @@ __all__ = [
     "intermediate_bounds",
     "lower_bounds",
     "margin_spec",
+    "other_classes",
 ]
 
 
-def margin_spec(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(B, K-1, K) specification: for each sample, rows e_y - e_j for every j != y, j increasing."""
+def other_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(B, K-1) the classes j != y of each sample in increasing order, on y's device. Built by
+    arithmetic, not boolean indexing, so no step waits on the device (and shapes stay static)."""
+    j = torch.arange(num_classes - 1, device=y.device).expand(len(y), -1)
+    return j + (j >= y.unsqueeze(1)).long()
+
+
+def margin_spec(y: torch.Tensor, num_classes: int, check: bool = True) -> torch.Tensor:
+    """(B, K-1, K) specification: for each sample, rows e_y - e_j for every j != y, j increasing.
+
+    check=False skips the label range check, which reads the labels back to the host (a
+    device synchronisation per call: training steps leave it to the data loader).
+    """
     y = torch.as_tensor(y).long().flatten()
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+    if check and len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
     # Made on the labels' device: a CPU eye indexed by CUDA labels fails on the first GPU step.
     eye = torch.eye(num_classes, device=y.device)
-    rows = eye[y].unsqueeze(1) - eye.unsqueeze(0)  # (B, K, K): row j = e_y - e_j
-    keep = torch.arange(num_classes, device=y.device).unsqueeze(0) != y.unsqueeze(1)
-    return rows[keep].reshape(len(y), num_classes - 1, num_classes)
+    return eye[y].unsqueeze(1) - eye[other_classes(y, num_classes)]
 
 
 def certified(lower: torch.Tensor, slack: float = FLOAT32_SLACK) -> torch.Tensor:
@@ -82,8 +92,12 @@ def _prepare(model, x_L, x_U, x):
         raise ValueError(f"x_L {tuple(x_L.shape)} and x_U {tuple(x_U.shape)} must have the same shape")
     if not x_L.is_floating_point():
         raise ValueError(f"boxes must be float tensors, got {x_L.dtype}")
-    if (x_L > x_U).any():
-        raise ValueError("every entry of x_L must be <= x_U (an empty box has no bounds)")
+    empty_box = "every entry of x_L must be <= x_U (an empty box has no bounds)"
+    if x_L.device.type == "cpu":
+        if (x_L > x_U).any():
+            raise ValueError(empty_box)
+    else:  # checked on the device, so a training step does not wait for the answer
+        torch._assert_async((x_L <= x_U).all(), empty_box)
     return build_ops(model, x, x_L)
 
 
