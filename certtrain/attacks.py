@@ -51,11 +51,17 @@ def pgd_attack(
             with torch.no_grad():
                 improved = loss.detach() > best_loss
                 best_loss = torch.where(improved, loss.detach(), best_loss)
-                best_x[improved] = x_adv.detach()[improved]
+                best_x = _where_sample(improved, x_adv.detach(), best_x)
                 x_adv = torch.minimum(torch.maximum(x_adv + step_size * grad.sign(), lower), upper)
         with torch.no_grad():
             loss = margin_loss(model(x_adv), y)
             improved = loss > best_loss
             best_loss = torch.where(improved, loss, best_loss)
-            best_x[improved] = x_adv[improved]
+            best_x = _where_sample(improved, x_adv, best_x)
     return best_x, best_loss > 0
+
+
+def _where_sample(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """Per sample, `new` where mask else `old`: a select, not boolean indexing, so the attack
+    never waits for the device to count the mask."""
+    return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)

@@ -102,6 +102,9 @@ class TrainConfig:
     data_dir: str = "data"
     resume: bool = False
     log_every: int = 50  # steps between train/* scalars
+    # TF32 matmuls/convolutions in the training steps on Ampere+ GPUs: faster; costs no soundness
+    # (training bounds certify nothing; every certifier runs in strict float32, certtrain.precision)
+    train_tf32: bool = False
 
 
 def register_configs() -> None:

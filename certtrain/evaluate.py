@@ -15,11 +15,13 @@ from torch import nn
 from certtrain.attacks import pgd_attack
 from certtrain.data import Split, to_float
 from certtrain.losses import input_box
+from certtrain.precision import certifier
 
 Certifier = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, int], torch.Tensor]
 
 
 def _bound_certifier(method: str) -> Certifier:
+    @certifier
     def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int) -> torch.Tensor:
         from certtrain.bounds import certified, lower_bounds, margin_spec
 
@@ -44,7 +46,7 @@ def _lipschitz_certifier(
     return certify_any(model, x, y, eps, num_classes)
 
 
-CERTIFIERS["lipschitz"] = _lipschitz_certifier
+CERTIFIERS["lipschitz"] = certifier(_lipschitz_certifier)
 
 
 def eps_key(eps: float) -> str:

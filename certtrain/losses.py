@@ -77,7 +77,7 @@ def margin_lower_bounds(
     (BatchNorm statistics come from it)."""
     from certtrain.bounds import crown_ibp_and_ibp_lower, lower_bounds, margin_spec
 
-    spec = margin_spec(y, num_classes, check=False)
+    spec = margin_spec(y, num_classes)
     if beta <= 0.0:
         return lower_bounds(model, x_lower, x_upper, spec, method="ibp", x=x)
     if beta >= 1.0:
@@ -144,13 +144,14 @@ def global_robust_loss(ctx: RobustContext, beta: float, stack_radii: bool | None
         raise ValueError(f"gm.estimator={ctx.gm_estimator!r} is not known; choose one of {', '.join(GM_ESTIMATORS)}")
     n, batch = ctx.gm_n, len(ctx.x)
     radii = radius_grid(ctx.eps, n).to(ctx.x.device)
-    weights = radius_weights(n, ctx.gm_weights).to(ctx.x.device)
+    host_weights = radius_weights(n, ctx.gm_weights)  # the draws are made on the CPU
+    weights = host_weights.to(ctx.x.device)
 
     def per_sample(x_lower, x_upper, labels):
         return robust_ce_per_sample(ctx.model, ctx.x, labels, x_lower, x_upper, beta, ctx.num_classes, ctx.loss_fusion)
 
     if n > 1 and ctx.gm_estimator != "all":
-        index, sample_weight = radius_draw(weights, batch, ctx.gm_estimator, ctx.generator)
+        index, sample_weight = radius_draw(host_weights, batch, ctx.gm_estimator, ctx.generator)
         index, sample_weight = index.to(ctx.x.device), sample_weight.to(ctx.x.device)
         x_lower, x_upper = input_box(ctx.x, radii[index].view(-1, *([1] * (ctx.x.dim() - 1))))
         return (sample_weight * per_sample(x_lower, x_upper, ctx.y)).sum()
@@ -177,9 +178,12 @@ def radius_draw(
                 assigned by a random permutation, weight c_i / n_i: each sample is equally likely
                 in every stratum, so the estimate is unbiased with less variance from the counts.
                 A batch smaller than N cannot fill every stratum; it is drawn as `sampled`.
-    Drawn on the CPU from `generator` (the run's seeded generator, saved in its checkpoint).
+    Drawn on the CPU from `generator` (the run's seeded generator, saved in its checkpoint), from
+    CPU weights: reading them back from an accelerator would synchronise every step.
     """
-    weights = weights.detach().cpu().double()
+    if weights.device.type != "cpu":
+        raise ValueError("radius_draw takes the weights on the CPU (radius_weights' output)")
+    weights = weights.detach().double()
     n = len(weights)
     if estimator == "stratified" and batch >= n:
         counts = _largest_remainder_counts(weights, batch)

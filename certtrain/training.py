@@ -27,6 +27,7 @@ from certtrain.download import load_or_download
 from certtrain.evaluate import CERTIFIERS, evaluate
 from certtrain.losses import ROBUST_LOSSES, RobustContext, training_loss
 from certtrain.models import build_model
+from certtrain.precision import allow_tf32
 from certtrain.provenance import provenance
 from certtrain.reporting import flat_hparams, log_eval_scalars, log_hparams, save_drawdown
 from certtrain.schedules import RampSchedule, step_lr
@@ -208,14 +209,15 @@ def _train_epoch(run: Run, epoch: int, step: int) -> tuple[int, str]:
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None, leave=False)
     for x, y in bar:
         eps_t, kappa, beta = schedule.eps(step), schedule.kappa(step), schedule.beta(step)
-        logits = model(x)
-        ctx = RobustContext(
-            model, x, y, eps_t, beta, cfg.gm.n, cfg.gm.weights, method=cfg.method,
-            gm_estimator=cfg.gm.estimator, loss_fusion=cfg.method.loss_fusion, generator=run.radius_generator,
-        )
-        loss, _ = training_loss(cfg.method.name, ctx, kappa, logits)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with allow_tf32(cfg.train_tf32):
+            logits = model(x)
+            ctx = RobustContext(
+                model, x, y, eps_t, beta, cfg.gm.n, cfg.gm.weights, method=cfg.method,
+                gm_estimator=cfg.gm.estimator, loss_fusion=cfg.method.loss_fusion, generator=run.radius_generator,
+            )
+            loss, _ = training_loss(cfg.method.name, ctx, kappa, logits)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
         if cfg.schedule.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.schedule.grad_clip)
         run.optimizer.step()

@@ -59,14 +59,15 @@ def other_classes(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     return j + (j >= y.unsqueeze(1)).long()
 
 
-def margin_spec(y: torch.Tensor, num_classes: int, check: bool = True) -> torch.Tensor:
+def margin_spec(y: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(B, K-1, K) specification: for each sample, rows e_y - e_j for every j != y, j increasing.
 
-    check=False skips the label range check, which reads the labels back to the host (a
-    device synchronisation per call: training steps leave it to the data loader).
+    Labels on the CPU are range-checked; on an accelerator the check would read them back to
+    the host (a synchronisation per training step), so an out-of-range label there fails in
+    the indexing instead.
     """
     y = torch.as_tensor(y).long().flatten()
-    if check and len(y) and (y.min() < 0 or y.max() >= num_classes):
+    if y.device.type == "cpu" and len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes}), got range [{int(y.min())}, {int(y.max())}]")
     # Made on the labels' device: a CPU eye indexed by CUDA labels fails on the first GPU step.
     eye = torch.eye(num_classes, device=y.device)

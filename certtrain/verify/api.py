@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from certtrain.attacks import pgd_attack
+from certtrain.precision import certifier
 from certtrain.verify.encoding import SolverOptions
 from certtrain.verify.formulation import build_formulation
 from certtrain.verify.network import model_dtype, network_steps
@@ -52,6 +53,7 @@ def _pgd_witness(model, x, label, domain, net, steps, restarts):
     return candidate if is_adversarial(net, domain, candidate, label) else None
 
 
+@certifier  # strict float32: TF32 bounds could prove what is false
 def verify(
     model: nn.Module,
     x: torch.Tensor,
