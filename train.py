@@ -4,11 +4,13 @@
     python train.py method=gm_crown_ibp eps=0.5 dataset=mnist data_dir=../shared/data
     python train.py -m method=ibp,crown_ibp,gm_crown_ibp eps=0.2,0.4
     python train.py method=ibp epochs=30 resume=true             # continue an interrupted run
+    torchrun --standalone --nproc_per_node=2 train.py method=ibp   # data-parallel over 2 processes/GPUs
 
 Every key is listed in conf/config.yaml and typed in certtrain/config.py.
 """
 
 import logging
+import os
 import sys
 
 import hydra
@@ -21,6 +23,11 @@ from certtrain.training import TrainingDiverged, train
 
 register_configs()
 log = logging.getLogger("train")
+
+# Under torchrun every rank runs this script with the same overrides and so the same run folder;
+# only rank 0 writes it (certtrain.distributed): the others keep Hydra's files and log file out.
+if os.environ.get("RANK", "0") != "0":
+    sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -14,6 +14,7 @@ from torch import nn
 
 from certtrain.attacks import pgd_attack
 from certtrain.data import Split, to_float
+from certtrain.distributed import SINGLE, World, sum_over_ranks
 from certtrain.losses import input_box
 from certtrain.precision import certifier
 
@@ -65,10 +66,12 @@ def evaluate(
     device: torch.device | str = "cpu",
     seed: int = 0,
     num_classes: int = 10,
+    world: World = SINGLE,
 ) -> dict:
     """{"clean_err": e, "pgd_err": {eps: e}, "verified_err": {bound: {eps: e}}} with eps keys %g.
 
-    The model is put in eval mode (BatchNorm uses running statistics) and left in it.
+    The model is put in eval mode (BatchNorm uses running statistics) and left in it. Under
+    torchrun (`world`) each rank evaluates its shard of the split and the counts are summed.
     """
     eps_grid = [float(e) for e in eps_grid]
     bounds = list(bounds)
@@ -77,30 +80,34 @@ def evaluate(
         raise ValueError(f"unknown certifier(s) {unknown}; choose from {sorted(CERTIFIERS)}")
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)  # PGD restarts reproducible
-    wrong = torch.zeros((), dtype=torch.long)
-    attacked = {e: torch.zeros((), dtype=torch.long) for e in eps_grid}
-    uncertified = {b: {e: torch.zeros((), dtype=torch.long) for e in eps_grid} for b in bounds}
-    for start in range(0, len(split), batch_size):
-        x = to_float(split.images[start : start + batch_size]).to(device)
-        y = split.labels[start : start + batch_size].to(device)
+    # counts[0]: misclassified; counts[1 + i]: attacked at eps_grid[i]; then uncertified per bound and radius
+    counts = torch.zeros(1 + len(eps_grid) * (1 + len(bounds)), dtype=torch.long, device=device)
+    begin, end = world.shard(len(split))
+    for start in range(begin, end, batch_size):
+        stop = min(start + batch_size, end)
+        x = to_float(split.images[start:stop].to(device))
+        y = split.labels[start:stop].to(device)
         with torch.no_grad():
-            wrong += (model(x).argmax(1) != y).sum().cpu()
-        for eps in eps_grid:
+            misclassified = model(x).argmax(1) != y
+        counts[0] += misclassified.sum()
+        for i, eps in enumerate(eps_grid):
+            found = misclassified
             if eps > 0 and pgd_steps > 0:
-                _, found = pgd_attack(model, x, y, eps, steps=pgd_steps, restarts=pgd_restarts, generator=generator)
-                with torch.no_grad():
-                    found = found | (model(x).argmax(1) != y)
-            else:
-                with torch.no_grad():
-                    found = model(x).argmax(1) != y
-            attacked[eps] += found.sum().cpu()
+                _, attacked = pgd_attack(model, x, y, eps, steps=pgd_steps, restarts=pgd_restarts, generator=generator)
+                found = found | attacked
+            counts[1 + i] += found.sum()
             with torch.no_grad():
-                for bound in bounds:
+                for b, bound in enumerate(bounds):
                     certified = CERTIFIERS[bound](model, x, y, eps, num_classes)
-                    uncertified[bound][eps] += (~certified).sum().cpu()
+                    counts[1 + len(eps_grid) * (1 + b) + i] += (~certified).sum()
+    counts = sum_over_ranks(counts, world).tolist()
     total = max(len(split), 1)
+    radius = [eps_key(e) for e in eps_grid]
     return {
-        "clean_err": wrong.item() / total,
-        "pgd_err": {eps_key(e): attacked[e].item() / total for e in eps_grid},
-        "verified_err": {b: {eps_key(e): uncertified[b][e].item() / total for e in eps_grid} for b in bounds},
+        "clean_err": counts[0] / total,
+        "pgd_err": {r: counts[1 + i] / total for i, r in enumerate(radius)},
+        "verified_err": {
+            bound: {r: counts[1 + len(eps_grid) * (1 + b) + i] / total for i, r in enumerate(radius)}
+            for b, bound in enumerate(bounds)
+        },
     }

@@ -34,6 +34,9 @@ class RobustContext:
     gm_estimator: str = "all"  # all | sampled | stratified (see GM_ESTIMATORS)
     loss_fusion: bool = False  # bound the CE itself from one backward row (certtrain.bounds.fusion)
     generator: torch.Generator | None = None  # the run's seeded generator for the radius draws
+    # (start, stop, global batch size) when x is one rank's shard of a global batch (torchrun):
+    # the radii are drawn for the global batch and this shard's draws used
+    batch_shard: tuple[int, int, int] | None = None
 
 
 RobustLoss = Callable[[RobustContext], torch.Tensor]
@@ -151,7 +154,12 @@ def global_robust_loss(ctx: RobustContext, beta: float, stack_radii: bool | None
         return robust_ce_per_sample(ctx.model, ctx.x, labels, x_lower, x_upper, beta, ctx.num_classes, ctx.loss_fusion)
 
     if n > 1 and ctx.gm_estimator != "all":
-        index, sample_weight = radius_draw(host_weights, batch, ctx.gm_estimator, ctx.generator)
+        if ctx.batch_shard is None:
+            index, sample_weight = radius_draw(host_weights, batch, ctx.gm_estimator, ctx.generator)
+        else:  # this rank's share of the global draw, weighted as a mean over the shard
+            begin, end, total = ctx.batch_shard
+            index, sample_weight = radius_draw(host_weights, total, ctx.gm_estimator, ctx.generator)
+            index, sample_weight = index[begin:end], sample_weight[begin:end] * (total / batch)
         index, sample_weight = index.to(ctx.x.device), sample_weight.to(ctx.x.device)
         x_lower, x_upper = input_box(ctx.x, radii[index].view(-1, *([1] * (ctx.x.dim() - 1))))
         return (sample_weight * per_sample(x_lower, x_upper, ctx.y)).sum()

@@ -9,6 +9,19 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
 
+class NullWriter:
+    """The SummaryWriter of ranks other than 0 under torchrun: one TensorBoard stream per run."""
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def log_eval_scalars(writer: SummaryWriter, metrics: dict, step: int) -> None:
     """val/clean_err, val/pgd_err/eps_<e>, val/verified_err/<bound>/eps_<e>."""
     writer.add_scalar("val/clean_err", metrics["clean_err"], step)

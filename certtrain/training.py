@@ -23,13 +23,23 @@ from certtrain.augment import random_crop_flip
 from certtrain.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from certtrain.config import ConfigError, TrainConfig, check_config, eval_grid, train_eps
 from certtrain.data import Split, to_float
+from certtrain.distributed import (
+    SINGLE,
+    World,
+    average_buffers,
+    sum_gradients,
+    sum_over_ranks,
+    world_from_env,
+)
+from certtrain.distributed import start as start_world
+from certtrain.distributed import stop as stop_world
 from certtrain.download import load_or_download
 from certtrain.evaluate import CERTIFIERS, evaluate
 from certtrain.losses import ROBUST_LOSSES, RobustContext, training_loss
 from certtrain.models import build_model
 from certtrain.precision import allow_tf32
 from certtrain.provenance import provenance
-from certtrain.reporting import flat_hparams, log_eval_scalars, log_hparams, save_drawdown
+from certtrain.reporting import NullWriter, flat_hparams, log_eval_scalars, log_hparams, save_drawdown
 from certtrain.schedules import RampSchedule, step_lr
 
 log = logging.getLogger(__name__)
@@ -42,11 +52,19 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: World = SINGLE) -> torch.device:
+    """The device of this process: under torchrun, GPU `local_rank` of the node."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+    if name == "cuda" and world.active:
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"rank {world.rank} wants GPU {world.local_rank} but this node has {torch.cuda.device_count()}; "
+                "start torchrun with --nproc_per_node at most the number of GPUs"
+            )
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
 
 
@@ -101,6 +119,7 @@ class Run:
     data_generator: torch.Generator
     radius_generator: torch.Generator  # the GM estimator's radius draws (gm.estimator=sampled)
     arch: dict
+    world: World = SINGLE
     writer: SummaryWriter | None = None
 
     @property
@@ -112,9 +131,22 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
     """Train, checkpoint every epoch, evaluate; returns the final metrics (also in metrics.json)."""
     cfg = _as_config(cfg)
     check_config(cfg, methods=ROBUST_LOSSES, certifiers=CERTIFIERS)
-    run = _build_run(cfg, Path(run_dir) if run_dir is not None else _default_run_dir())
+    world = world_from_env()
+    device = resolve_device(cfg.device, world)
+    start_world(world, device)
+    try:
+        return _train(cfg, Path(run_dir) if run_dir is not None else _default_run_dir(), world, device)
+    finally:
+        stop_world(world)
+
+
+def _train(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -> dict:
+    run = _build_run(cfg, run_dir, world, device)
     start_epoch, step, seconds_before = _restore(run)
-    run.writer = SummaryWriter(log_dir=str(run.run_dir), purge_step=step if step else None)
+    # Only rank 0 writes TensorBoard, checkpoints and metrics.json.
+    run.writer = (
+        SummaryWriter(log_dir=str(run.run_dir), purge_step=step if step else None) if world.is_main else NullWriter()
+    )
     started = time.perf_counter()
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -124,26 +156,28 @@ def train(cfg, run_dir: str | Path | None = None) -> dict:
                 log_eval_scalars(run.writer, metrics, step)
                 line += f"  | val clean {metrics['clean_err']:.4f}  " + _verified_summary(metrics, cfg.eps)
             log.info(line)
-            save_checkpoint(
-                run.checkpoint, model=run.model, optimizer=run.optimizer, epoch=epoch + 1, step=step,
-                data_generator=run.data_generator, radius_generator=run.radius_generator, seconds=seconds_before + time.perf_counter() - started,
-                arch=run.arch,
-            )
+            if world.is_main:
+                save_checkpoint(
+                    run.checkpoint, model=run.model, optimizer=run.optimizer, epoch=epoch + 1, step=step,
+                    data_generator=run.data_generator, radius_generator=run.radius_generator,
+                    seconds=seconds_before + time.perf_counter() - started, arch=run.arch,
+                )
             run.writer.flush()
         metrics = _final_evaluation(run, step, seconds_before + time.perf_counter() - started)
     finally:
         run.writer.close()
-    (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if world.is_main:
+        (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     log.info("final (%d test samples): clean %.4f  %s", len(run.test_split), metrics["clean_err"],
              _verified_summary(metrics, cfg.eps))
     log.info("run folder: %s", run.run_dir.resolve())
     return metrics
 
 
-def _build_run(cfg: DictConfig, run_dir: Path) -> Run:
+def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
     train_split, test_split = load_data(cfg)
+    _check_world(cfg, world, len(train_split))
     torch.manual_seed(cfg.seed)
     stats_of = MODEL_STATS_OF.get(cfg.dataset.name, cfg.dataset.name)
     model = build_model(cfg.model.name, stats_of).to(device)
@@ -171,7 +205,21 @@ def _build_run(cfg: DictConfig, run_dir: Path) -> Run:
         # Its own stream, so the data order does not depend on the estimator.
         radius_generator=torch.Generator().manual_seed(cfg.seed + RADIUS_SEED_OFFSET),
         arch={"model": cfg.model.name, "dataset": stats_of},
+        world=world,
     )
+
+
+def _check_world(cfg, world: World, train_size: int) -> None:
+    """Every rank needs at least one sample of every global batch (the last one included)."""
+    if not world.active:
+        return
+    last = train_size % cfg.batch_size
+    if cfg.batch_size < world.size or 0 < last < world.size:
+        raise ConfigError(
+            f"batch_size={cfg.batch_size} is the global batch, shared by {world.size} ranks, and the last batch of "
+            f"an epoch has {last or cfg.batch_size} of the {train_size} training samples: every rank needs one. "
+            f"Use batch_size >= {world.size} with dataset.train_size a multiple of it, or fewer ranks"
+        )
 
 
 def _restore(run: Run) -> tuple[int, int, float]:
@@ -207,35 +255,45 @@ def _train_epoch(run: Run, epoch: int, step: int) -> tuple[int, str]:
     batches = _batches(run.train_split, cfg.batch_size, run.data_generator, cfg.dataset.augment, run.device)
     total = math.ceil(len(run.train_split) / cfg.batch_size)
     bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None, leave=False)
+    world = run.world
     for x, y in bar:
+        global_batch = len(y)
+        begin, end = world.shard(global_batch)
+        x, y = x[begin:end], y[begin:end]
         eps_t, kappa, beta = schedule.eps(step), schedule.kappa(step), schedule.beta(step)
         with allow_tf32(cfg.train_tf32):
             logits = model(x)
             ctx = RobustContext(
                 model, x, y, eps_t, beta, cfg.gm.n, cfg.gm.weights, method=cfg.method,
                 gm_estimator=cfg.gm.estimator, loss_fusion=cfg.method.loss_fusion, generator=run.radius_generator,
+                batch_shard=(begin, end, global_batch) if world.active else None,
             )
             loss, _ = training_loss(cfg.method.name, ctx, kappa, logits)
+            # This rank's share of the global batch's loss: the summed gradients are the global ones.
+            loss = loss * (len(y) / global_batch)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        sum_gradients(model, world)
         if cfg.schedule.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.schedule.grad_clip)
         run.optimizer.step()
+        average_buffers(model, world)
         loss = loss.detach()
         nonfinite |= ~torch.isfinite(loss)
-        loss_sum += loss * len(y)
+        loss_sum += loss * global_batch
         wrong += (logits.detach().argmax(1) != y).sum()
-        seen += len(y)
+        seen += global_batch
         if step % cfg.log_every == 0:
             _stop_if_diverged(run, nonfinite, epoch, checked_until, step, lr)
             checked_until = step + 1
-            value = loss.item()
+            value = sum_over_ranks(loss.clone(), world).item()
             for tag, scalar in (("loss", value), ("eps", eps_t), ("kappa", kappa), ("beta", beta), ("lr", lr)):
                 run.writer.add_scalar(f"train/{tag}", scalar, step)
             bar.set_postfix(loss=f"{value:.3f}", eps=f"{eps_t:.3g}")
         step += 1
     _stop_if_diverged(run, nonfinite, epoch, checked_until, step - 1, lr)
-    epoch_loss, train_err = loss_sum.item() / seen, wrong.item() / seen
+    totals = sum_over_ranks(torch.stack([loss_sum, wrong.to(loss_sum.dtype)]), world)
+    epoch_loss, train_err = totals[0].item() / seen, totals[1].item() / seen
     run.writer.add_scalar("train/epoch_loss", epoch_loss, step)
     line = (
         f"epoch {epoch + 1}/{cfg.epochs}  loss {epoch_loss:.4f}  train_err {train_err:.4f}  eps {eps_t:.4g}  "
@@ -247,7 +305,7 @@ def _train_epoch(run: Run, epoch: int, step: int) -> tuple[int, str]:
 def _stop_if_diverged(run: Run, nonfinite: torch.Tensor, epoch: int, first: int, last: int, lr: float) -> None:
     """Raise TrainingDiverged if a loss since step `first` was NaN or infinite (checked before any
     checkpoint of this epoch is written, so the kept checkpoint predates the divergence)."""
-    if not nonfinite.item():
+    if not sum_over_ranks(nonfinite.int(), run.world).item():  # every rank stops together
         return
     steps = f"step {last}" if first >= last else f"a step between {first} and {last}"
     kept = (
@@ -272,7 +330,8 @@ def _evaluate(run: Run, split: Split) -> dict:
         pgd_restarts=cfg.eval.pgd_restarts,
         batch_size=cfg.eval.batch_size,
         device=run.device,
-        seed=cfg.seed,
+        seed=cfg.seed + run.world.rank,  # each rank's PGD restarts differ, like one longer stream
+        world=run.world,
     )
 
 
@@ -297,10 +356,12 @@ def _final_evaluation(run: Run, step: int, seconds: float) -> dict:
         gm_estimator=cfg.gm.estimator,
         loss_fusion=cfg.method.loss_fusion,
         provenance=provenance(run.device),
+        world_size=run.world.size,
     )
-    title = f"{cfg.method.name} {cfg.model.name} {cfg.dataset.name} eps_train {train_eps(cfg):g}"
-    save_drawdown(run.writer, metrics, run.run_dir, step, title)
-    log_hparams(run.writer, flat_hparams(cfg), metrics)
+    if run.world.is_main:
+        title = f"{cfg.method.name} {cfg.model.name} {cfg.dataset.name} eps_train {train_eps(cfg):g}"
+        save_drawdown(run.writer, metrics, run.run_dir, step, title)
+        log_hparams(run.writer, flat_hparams(cfg), metrics)
     return metrics
 
 
