@@ -116,6 +116,7 @@ def main(argv=None) -> dict:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "model": args.model,
+        "dataset": args.dataset,
         "batch": args.batch,
         "device": args.device,
         "ms_per_step": ms,
