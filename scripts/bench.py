@@ -5,7 +5,8 @@
 
 Prints a line per method and, last, one JSON line:
 {"model": ..., "batch": ..., "device": ..., "ms_per_step": {"standard": .., "ibp": .., ...}, "ratios": {..}, "peak_rss_mb": ..}
-ms_per_step is the median over --steps timed steps after --warmup untimed ones, on random
+ms_per_step is the median over --steps timed steps (the methods taking turns) after --warmup
+untimed rounds, on random
 MNIST/CIFAR-shaped batches; crown_ibp is beta = 1 (the costly ramp phase), gm_crown_ibp uses
 N = --gm-n sub-perturbations (stacked into one bound call on a GPU, one after another on a CPU);
 *_sampled draws one radius per sample (gm.estimator=sampled, one bound call), *_fused bounds the CE
@@ -59,21 +60,25 @@ def make_step(model, optimizer, variant: str, eps: float, gm_n: int):
     return step
 
 
-def time_method(model, method, x, y, args) -> float:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    step = make_step(model, optimizer, method, args.eps, args.gm_n)
+def time_methods(model, methods, x, y, args) -> dict[str, float]:
+    """Median ms per step of each method. The methods take turns, one step each per round, so a
+    machine that speeds up or slows down during the run (other load, clocks) shifts every
+    method alike and the ratios stay comparable; every method is warmed up first (compiling)."""
+    steps = {m: make_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), m, args.eps, args.gm_n) for m in methods}
     for _ in range(args.warmup):
-        step(x, y)
-    times = []
+        for step in steps.values():
+            step(x, y)
+    times = {m: [] for m in methods}
     for _ in range(args.steps):
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step(x, y)
-        if x.is_cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+        for method, step in steps.items():
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            step(x, y)
+            if x.is_cuda:
+                torch.cuda.synchronize()
+            times[method].append(time.perf_counter() - start)
+    return {m: round(1000 * statistics.median(t), 1) for m, t in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -101,10 +106,9 @@ def main(argv=None) -> dict:
     shape = (3, 32, 32) if args.dataset == "cifar10" else (1, 28, 28)
     x = torch.rand(args.batch, *shape, device=device)
     y = torch.randint(0, 10, (args.batch,), device=device)
-    ms = {}
-    for method in methods:
-        ms[method] = round(time_method(model, method, x, y, args), 1)
-        print(f"{method:>14}: {ms[method]:8.1f} ms/step", file=sys.stderr)
+    ms = time_methods(model, methods, x, y, args)
+    for method, value in ms.items():
+        print(f"{method:>26}: {value:8.1f} ms/step", file=sys.stderr)
     ratios = {
         f"{key}/{base}": round(ms[key] / ms[base], 3)
         for key, base in (
