@@ -97,7 +97,7 @@ def load_cifar_split(data_dir: Path, split: str) -> Split:
     for path in paths:
         try:
             with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
+                batch = _CifarUnpickler(f, encoding="bytes").load()
         except (pickle.UnpicklingError, EOFError) as err:
             raise DataError(f"{path} is truncated or corrupt ({err}); download CIFAR-10 again") from err
         data = np.asarray(batch[b"data"], dtype=np.uint8)
@@ -108,6 +108,26 @@ def load_cifar_split(data_dir: Path, split: str) -> Split:
     return Split(
         torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels)), f"cifar10:{folder}"
     )
+
+
+# The only globals a CIFAR-10 batch file names: the pieces numpy rebuilds its arrays from.
+# Anything else (os.system in a crafted __reduce__, say) is refused before it can run.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"the file names {module}.{name}, which a CIFAR-10 batch never holds (it could run code); "
+                "refused: replace the file with the original from the CIFAR-10 archive"
+            )
+        return super().find_class(module, name)
 
 
 def load_mnist5k(split: str, test_size: int = 1000) -> Split:

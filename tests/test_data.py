@@ -91,6 +91,32 @@ def test_truncated_cifar_batch_names_the_fix(tmp_path):
         load_split("cifar10", "test", tmp_path)
 
 
+class _RunsCode:
+    """What a crafted batch file holds: unpickling it calls os.system."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
+    write_cifar(tmp_path)
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": _RunsCode(marker), b"labels": [0]}))
+    # The file really runs code under plain pickle (the threat is real, not hypothetical):
+    pickle.loads(path.read_bytes())
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(DataError, match="could run code"):
+        load_split("cifar10", "train", tmp_path)
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_missing_files_say_where_to_put_them(tmp_path, dataset):
     with pytest.raises(DataError, match="data_dir"):
