@@ -142,6 +142,20 @@ def check_config(cfg: Any, methods=None, certifiers=EVAL_BOUNDS) -> None:
         raise ConfigError(f"eps={cfg.eps} is negative; eps is an L-inf radius in pixel units, use eps >= 0")
     if cfg.eps_train is not None and cfg.eps_train < 0:
         raise ConfigError(f"eps_train={cfg.eps_train} is negative; use eps_train >= 0 (or null to train at eps)")
+    for key in ("eps", "eps_train"):
+        if cfg[key] is not None and cfg[key] > 1:
+            raise ConfigError(
+                f"{key}={cfg[key]} is above 1: radii are in pixel units [0, 1] (a ball that wide holds every "
+                f"image); for eps in 0-255 units divide by 255, e.g. {key}={cfg[key] / 255:.5g}"
+            )
+    sizes = {"dataset.train_size": cfg.dataset.train_size, "dataset.test_size": cfg.dataset.test_size,
+             "eval.subset": cfg.eval.subset}
+    for key, value in sizes.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1 (or null for every sample)"
+                              if key != "eval.subset" else f"eval.subset={value} must be at least 1")
+    if cfg.log_every < 1:
+        raise ConfigError(f"log_every={cfg.log_every} must be at least 1 (steps between train/* scalars)")
     if cfg.gm.n < 1:
         raise ConfigError(f"gm.n={cfg.gm.n}: the global loss needs at least one radius, use gm.n >= 1")
     _check_choice("gm.weights", cfg.gm.weights, GM_WEIGHTS)

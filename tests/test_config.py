@@ -84,6 +84,14 @@ def test_keys_forced_in_with_plus_are_rejected_before_training(override):
         ("device=tpu", "device"),
         ("method.kappa_final=1.5", "kappa_final"),
         ("eval.bounds=[ibp,deepz]", "eval.bounds"),
+        ("dataset.test_size=0", "dataset.test_size=0 must be at least 1"),
+        ("dataset.train_size=0", "dataset.train_size=0 must be at least 1"),
+        ("dataset.train_size=-3900", "dataset.train_size=-3900 must be at least 1"),
+        ("eval.subset=0", "eval.subset=0 must be at least 1"),
+        ("log_every=0", "log_every=0 must be at least 1"),
+        ("eps=2", "divide by 255"),
+        ("eps_train=8", "eps_train=0.031"),
+        ("gm.estimator=importance", "all, sampled, stratified"),
     ],
 )
 def test_out_of_range_values_name_the_fix(override, fragment):
