@@ -13,12 +13,17 @@ import logging
 import os
 import sys
 
+from pathlib import Path
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from certtrain.checkpoints import CheckpointError
 from certtrain.config import ConfigError, register_configs
 from certtrain.data import DataError
+from certtrain.sweeps import clear_failed, mark_failed
 from certtrain.training import TrainingDiverged, train
 
 register_configs()
@@ -30,13 +35,29 @@ if os.environ.get("RANK", "0") != "0":
     sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
+EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    hydra_cfg = HydraConfig.get()
+    job_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    if in_sweep:
+        clear_failed(job_dir)
     try:
         metrics = train(cfg)
-    except (ConfigError, DataError, CheckpointError, TrainingDiverged) as err:
-        log.error("%s: %s", type(err).__name__, err)
-        sys.exit(1)
+    except Exception as err:
+        expected = isinstance(err, EXPECTED_ERRORS)
+        if not in_sweep:
+            if not expected:
+                raise
+            log.error("%s: %s", type(err).__name__, err)
+            sys.exit(1)
+        # One failed job must not stop the sweep: its folder says why, the sweep exits 1 at the end.
+        mark_failed(job_dir, err, expected)
+        log.error("job failed, the sweep goes on (%s): %s: %s", job_dir, type(err).__name__, err)
+        return float("nan")
     # The value a Hydra sweeper minimises: verified error at eps by the tightest certifier.
     verified = [curve[f"{cfg.eps:g}"] for curve in metrics["verified_err"].values() if f"{cfg.eps:g}" in curve]
     return min(verified) if verified else metrics["clean_err"]

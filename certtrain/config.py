@@ -7,6 +7,7 @@ Range checks that a type cannot express (eps >= 0, gm.n >= 1, ...) live in `chec
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -101,6 +102,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     data_dir: str = "data"
     resume: bool = False
+    overwrite: bool = False  # true: a rerun without resume=true deletes the run already in its folder
     log_every: int = 50  # steps between train/* scalars
     # TF32 matmuls/convolutions in the training steps on Ampere+ GPUs: faster; costs no soundness
     # (training bounds certify nothing; every certifier runs in strict float32, certtrain.precision)
@@ -114,7 +116,22 @@ def register_configs() -> None:
     """
     ConfigStore.instance().store(name="train_schema", node=TrainConfig)
     # A run without overrides gets the folder "defaults" instead of the bare parent folder.
-    OmegaConf.register_new_resolver("run_name", lambda overrides: overrides or "defaults", replace=True)
+    OmegaConf.register_new_resolver("run_name", run_folder_name, replace=True)
+
+
+# Folder names above this many characters are shortened (most file systems allow 255 bytes).
+MAX_FOLDER_NAME = 200
+
+
+def run_folder_name(overrides: str) -> str:
+    """The run folder's name: the overrides, or "defaults"; a name too long for a file system keeps
+    its first characters and ends in a hash of the whole, so it stays readable and stable."""
+    if not overrides:
+        return "defaults"
+    if len(overrides.encode()) <= MAX_FOLDER_NAME:
+        return overrides
+    digest = hashlib.sha1(overrides.encode()).hexdigest()[:12]
+    return overrides.encode()[: MAX_FOLDER_NAME - 14].decode(errors="ignore") + "--" + digest
 
 
 def _check_choice(key: str, value: str, choices) -> None:

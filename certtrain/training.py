@@ -27,6 +27,7 @@ from certtrain.distributed import (
     SINGLE,
     World,
     average_buffers,
+    barrier,
     sum_gradients,
     sum_over_ranks,
     world_from_env,
@@ -145,7 +146,9 @@ def _train(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -
     start_epoch, step, seconds_before = _restore(run)
     # Only rank 0 writes TensorBoard, checkpoints and metrics.json.
     run.writer = (
-        SummaryWriter(log_dir=str(run.run_dir), purge_step=step if step else None) if world.is_main else NullWriter()
+        # purge_step: points of the killed run after its last checkpoint go; the checkpointed
+        # epoch's own points (logged at `step`) stay.
+        SummaryWriter(log_dir=str(run.run_dir), purge_step=step + 1 if step else None) if world.is_main else NullWriter()
     )
     started = time.perf_counter()
     try:
@@ -233,9 +236,24 @@ def _restore(run: Run) -> tuple[int, int, float]:
         return done["epoch"], done["step"], done["seconds"]
     if run.cfg.resume:
         log.warning("resume=true but %s does not exist: starting from scratch", run.checkpoint)
-    elif run.checkpoint.is_file():
-        log.warning("%s exists and resume=false: starting from scratch and overwriting it", run.checkpoint)
+    elif run.checkpoint.is_file() or (run.run_dir / "metrics.json").is_file():
+        if not run.cfg.overwrite:
+            raise ConfigError(
+                f"{run.run_dir} already holds a run (checkpoint.pt / metrics.json); resume=true continues it, "
+                "overwrite=true deletes it and starts afresh, or choose another folder (hydra.run.dir=...)"
+            )
+        if run.world.is_main:
+            _delete_run_outputs(run.run_dir)
+        barrier(run.world)
     return 0, 0, 0.0
+
+
+def _delete_run_outputs(run_dir: Path) -> None:
+    """What overwrite=true removes: the old run's checkpoint, metrics, figure and TensorBoard events."""
+    for pattern in (CHECKPOINT_NAME, "metrics.json", "verified_err.png", "events.out.tfevents*"):
+        for path in run_dir.glob(pattern):
+            path.unlink()
+    log.warning("overwrite=true: deleted the previous run's outputs in %s", run_dir)
 
 
 def _train_epoch(run: Run, epoch: int, step: int) -> tuple[int, str]:

@@ -15,6 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from certtrain import training
 from certtrain.checkpoints import CheckpointError
+from certtrain.config import ConfigError
 from certtrain.config import register_configs
 from certtrain.data import DataError
 from certtrain.training import TrainingDiverged, train
@@ -253,3 +254,76 @@ def test_a_batch_the_ranks_cannot_share_names_the_fix(data_dir, tmp_path):
                           f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert "every rank needs one" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_records_failed_jobs_and_runs_the_others(data_dir, tmp_path):
+    # eps=-0.1 is refused, lr=1e30 diverges; eps=0.2 must still run, and the sweep exits 1 at the end.
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "method=ibp", *[o for o in TINY if not o.startswith("eps=")], f"data_dir={data_dir}",
+                     "eps=0.1,-0.1,0.2", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 1
+    jobs = {p.name: p for p in sweep.iterdir() if p.is_dir()}
+    failed = [name for name, p in jobs.items() if (p / "FAILED").is_file()]
+    assert len(failed) == 1 and "eps=-0.1" in failed[0]
+    assert "eps >= 0" in (jobs[failed[0]] / "FAILED").read_text()
+    assert sum((p / "metrics.json").is_file() for p in jobs.values()) == 2
+    diverged = run_cli("-m", "method=ibp", *TINY, f"data_dir={data_dir}", "lr=1e30,1e-3",
+                       f"hydra.sweep.dir={tmp_path / 'lr'}")
+    assert diverged.returncode == 1
+    markers = list((tmp_path / "lr").rglob("FAILED"))
+    assert len(markers) == 1 and "TrainingDiverged" in markers[0].read_text()
+    assert len(list((tmp_path / "lr").rglob("metrics.json"))) == 1
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_never_overwritten_silently(data_dir, tmp_path):
+    train(_tiny_config(data_dir), run_dir=tmp_path)
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(ConfigError, match="resume=true continues it, overwrite=true"):
+        train(_tiny_config(data_dir), run_dir=tmp_path)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before and (tmp_path / "metrics.json").is_file()
+    train(_tiny_config(data_dir, "overwrite=true"), run_dir=tmp_path)
+    assert len(list(tmp_path.glob("events.out.tfevents*"))) == 1  # one stream, not two from step 0
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_last_finished_epochs_tensorboard_points(data_dir, tmp_path, monkeypatch):
+    real_save = training.save_checkpoint
+
+    def save_then_crash(path, **state):
+        real_save(path, **state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_config(data_dir, "epochs=3"), run_dir=tmp_path)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    train(_tiny_config(data_dir, "epochs=3", "resume=true"), run_dir=tmp_path)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    # Steps per epoch: 2. Epoch 1 ends at step 2, where its validation and epoch loss were logged.
+    assert [e.step for e in events.Scalars("train/epoch_loss")] == [2, 4, 6]
+    assert 2 in [e.step for e in events.Scalars("val/clean_err")]
+
+
+def test_long_override_lists_get_a_short_stable_folder_name():
+    from certtrain.config import MAX_FOLDER_NAME, run_folder_name
+
+    overrides = ",".join(f"key{i}=value{i}" for i in range(60))
+    name = run_folder_name(overrides)
+    assert len(name.encode()) <= MAX_FOLDER_NAME and name.startswith("key0=value0,key1=value1")
+    assert name == run_folder_name(overrides) != run_folder_name(overrides + ",x=1")
+    assert run_folder_name("eps=0.1") == "eps=0.1" and run_folder_name("") == "defaults"
+
+
+@pytest.mark.slow
+def test_a_long_override_list_runs(data_dir, tmp_path):
+    long_tail = [f"eval.eps_grid=[{','.join(f'0.0{i}' for i in range(1, 10))}]"] + [f"seed={12345678}"] * 0
+    result = run_cli("method=ibp", *[o for o in TINY if not o.startswith("eval.eps_grid")], *long_tail,
+                     "schedule.lr_milestones=[100,200,300,400,500,600,700,800,900,1000,1100,1200,1300,1400]",
+                     f"data_dir={data_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-1500:]
+    (folder,) = (tmp_path / "outputs").iterdir()
+    assert len(folder.name) <= 200 and (folder / "metrics.json").is_file()
