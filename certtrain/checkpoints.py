@@ -3,17 +3,18 @@
 Saved: model and optimiser state, the schedule position (epochs done, global step), the RNG
 states (global torch, the data-order and radius-draw generators, CUDA), the wall time so far, and the
 architecture, so a checkpoint from another model is refused with a clear message. Files are
-written to a temporary name and renamed, so a crash mid-write keeps the previous checkpoint.
+written atomically (certtrain.atomic), so a crash mid-write keeps the previous checkpoint.
 Loaded with weights_only=True: only tensors and plain containers, no pickled code.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from certtrain.atomic import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -38,9 +39,8 @@ def save_checkpoint(
         "seconds": seconds,
         "arch": dict(arch),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer, data_generator, arch, radius_generator=None) -> dict:

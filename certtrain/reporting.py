@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from certtrain.atomic import atomic_savefig
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -72,7 +74,7 @@ def drawdown_figure(metrics: dict, title: str = "") -> Figure:
 
 def save_drawdown(writer: SummaryWriter, metrics: dict, run_dir: Path, step: int, title: str) -> None:
     figure = drawdown_figure(metrics, title)
-    figure.savefig(run_dir / "verified_err.png")
+    atomic_savefig(figure, run_dir / "verified_err.png")
     writer.add_figure("val/verified_err_vs_eps", figure, step, close=False)
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from certtrain.atomic import atomic_write_text
+
 FAILED_MARKER = "FAILED"
 log = logging.getLogger(__name__)
 
@@ -20,7 +22,7 @@ def mark_failed(job_dir: Path, error: BaseException, expected: bool) -> None:
     text = f"{type(error).__name__}: {error}\n"
     if not expected:
         text += "\n" + "".join(traceback.format_exception(error))
-    (job_dir / FAILED_MARKER).write_text(text)
+    atomic_write_text(job_dir / FAILED_MARKER, text)
 
 
 def clear_failed(job_dir: Path) -> None:

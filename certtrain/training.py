@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from certtrain.atomic import atomic_write_text
 from certtrain.augment import random_crop_flip
 from certtrain.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from certtrain.config import ConfigError, TrainConfig, check_config, eval_grid, train_eps
@@ -170,7 +171,7 @@ def _train(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -
     finally:
         run.writer.close()
     if world.is_main:
-        (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(run.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     log.info("final (%d test samples): clean %.4f  %s", len(run.test_split), metrics["clean_err"],
              _verified_summary(metrics, cfg.eps))
     log.info("run folder: %s", run.run_dir.resolve())

@@ -327,3 +327,24 @@ def test_a_long_override_list_runs(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-1500:]
     (folder,) = (tmp_path / "outputs").iterdir()
     assert len(folder.name) <= 200 and (folder / "metrics.json").is_file()
+
+
+def test_summarize_lists_failed_and_incomplete_runs_without_crashing(tmp_path):
+    sweep = tmp_path / "sweep"
+    good = {"clean_err": 0.1, "pgd_err": {"0.1": 0.2}, "verified_err": {"ibp": {"0.1": 0.3}}, "method": "ibp"}
+    for name, content in (("good", json.dumps(good)), ("truncated", json.dumps(good)[:40]), ("partial", '{"clean_err": 0.1}')):
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "metrics.json").write_text(content)
+    (sweep / "killed" / ".hydra").mkdir(parents=True)
+    (sweep / "killed" / ".hydra" / "config.yaml").write_text("eps: 0.1\n")
+    (sweep / "failed").mkdir()
+    (sweep / "failed" / "FAILED").write_text("ConfigError: eps=-0.1 is negative\n")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweep)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (sweep / "summary.md").read_text()
+    for name, why in (("truncated", "not valid JSON"), ("partial", "lacks pgd_err"), ("killed", "no metrics.json"),
+                      ("failed", "eps=-0.1")):
+        assert f"`{name}`" in text and why in text, name
+    rows = (sweep / "summary.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5  # header, the finished run and the four without results

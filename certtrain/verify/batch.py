@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from certtrain.atomic import atomic_write_text
 from certtrain.data import to_float
 from certtrain.verify.api import verify
 from certtrain.verify.perturbations import make_domain
@@ -61,7 +62,7 @@ def read_rows(path: Path) -> dict[int, dict]:
     if text and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
         log.warning("%s ended in a half-written row (a killed run); dropping it", path)
-        _atomic_write(path, text)
+        atomic_write_text(path, text)
     rows = {}
     for row in csv.DictReader(io.StringIO(text)):
         if None in row or any(row.get(c) is None for c in COLUMNS):
@@ -69,15 +70,6 @@ def read_rows(path: Path) -> dict[int, dict]:
             continue
         rows[int(row["index"])] = row
     return rows
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def needs_run(row: dict | None, rerun: str) -> bool:
@@ -100,7 +92,7 @@ def _check_settings(out: Path, settings: dict) -> None:
                 f"{out} holds a run with other settings {differ} (saved, now); "
                 "choose a fresh out= folder or delete the old one"
             )
-    _atomic_write(path, json.dumps(settings, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(settings, indent=2, default=str) + "\n")
 
 
 def _fmt(value) -> str:
@@ -159,7 +151,7 @@ def run_batch(model, images: torch.Tensor, labels: torch.Tensor, indices: range,
         writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(kept)
-        _atomic_write(path, buffer.getvalue())
+        atomic_write_text(path, buffer.getvalue())
         rows = {int(r["index"]): r for r in kept}
     log.info("%d of %d samples to verify (%d finished rows kept)", len(pending), len(indices), len(rows))
     tightening = verify_kwargs.get("tightening", "lp")

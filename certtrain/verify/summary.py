@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from certtrain.atomic import atomic_write_text
 from certtrain.verify.result import RESOLVED
 
 
@@ -102,6 +103,6 @@ def render_markdown(summary: dict) -> str:
 
 def write_summary(rows: list[dict], out: Path, settings: dict) -> dict:
     summary = summarize(rows, settings)
-    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (Path(out) / "summary.md").write_text(render_markdown(summary))
+    atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(Path(out) / "summary.md", render_markdown(summary))
     return summary
