@@ -1,4 +1,6 @@
-"""Typed schema of the training configuration, registered in Hydra's ConfigStore.
+"""Typed schema of the training configuration, registered in Hydra's ConfigStore: the one
+source of every default (`train(None)` is the run `python train.py` makes; conf/config.yaml
+only selects the groups and configures Hydra).
 
 `conf/config.yaml` starts from `train_schema`, so a wrong type (`eps=abc`) or an unknown key
 (`epoch=3`) fails while Hydra composes the config, before anything loads or trains.
@@ -29,7 +31,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class MethodConfig:
-    name: str = "ibp"  # a key of certtrain.losses.ROBUST_LOSSES ("standard" trains without bounds)
+    name: str = "crown_ibp"  # a key of certtrain.losses.ROBUST_LOSSES ("standard" trains without bounds)
     kappa_final: float = 0.5  # weight of the clean CE at the end of the ramp (starts at 1)
     beta_start: float = 1.0  # CROWN-IBP mixing: beta * CROWN-IBP + (1 - beta) * IBP bounds
     beta_final: float = 0.0
@@ -76,8 +78,8 @@ class GMConfig:
 @dataclass
 class EvalConfig:
     eps_grid: Optional[List[float]] = None  # null: eps_train x (0.25 .. 1.5) plus eps
-    every: int = 1  # evaluate on `subset` test samples every this many epochs (0: only at the end)
-    subset: int = 1000
+    every: int = 5  # evaluate on `subset` test samples every this many epochs (0: only at the end)
+    subset: int = 500
     bounds: List[str] = field(default_factory=lambda: ["ibp", "crown-ibp"])  # keys of evaluate.CERTIFIERS
     pgd_steps: int = 20
     pgd_restarts: int = 1
@@ -92,7 +94,7 @@ class TrainConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     gm: GMConfig = field(default_factory=GMConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    eps: float = 0.1  # evaluation radius, L-inf, pixel units [0, 1]
+    eps: float = 0.2  # evaluation radius, L-inf, pixel units [0, 1]
     eps_train: Optional[float] = None  # training radius; null: eps
     epochs: int = 20
     batch_size: int = 100
@@ -100,7 +102,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    data_dir: str = "data"
+    data_dir: str = "${oc.env:CERTTRAIN_DATA_DIR,data}"  # where datasets live
     resume: bool = False
     overwrite: bool = False  # true: a rerun without resume=true deletes the run already in its folder
     log_every: int = 50  # steps between train/* scalars

@@ -23,10 +23,15 @@ SHARED = (REPO / ".." / "shared").resolve()
 
 
 def shared_path(*parts: str) -> Path:
-    """A path under ../shared, or skip the test with the reason when it is missing."""
+    """A path under ../shared, or skip the test with the reason when it is missing; a failure
+    instead where CERTTRAIN_REQUIRE_SHARED=1 (CI, where ../shared is there: the reference checks
+    must not pass by skipping)."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"{path} is absent: these checks need the shared data/models/fixtures beside the repo")
+        reason = f"{path} is absent: these checks need the shared data/models/fixtures beside the repo"
+        if os.environ.get("CERTTRAIN_REQUIRE_SHARED") == "1":
+            pytest.fail(reason + " (CERTTRAIN_REQUIRE_SHARED=1)")
+        pytest.skip(reason)
     return path
 
 

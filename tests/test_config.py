@@ -107,3 +107,15 @@ def test_default_grid_reaches_beyond_eps_train():
     assert max(grid) > 0.2
     cfg = compose_config("eval.eps_grid=[0.3,0.1,0.1]")
     assert eval_grid(cfg) == [0.1, 0.3]
+
+
+def test_the_schema_is_the_one_source_of_defaults(monkeypatch):
+    # train(None) builds TrainConfig(); it must be the run `python train.py` composes.
+    from omegaconf import OmegaConf
+
+    from certtrain.config import TrainConfig
+
+    monkeypatch.delenv("CERTTRAIN_DATA_DIR", raising=False)
+    composed = OmegaConf.to_container(compose_config(), resolve=True)
+    composed.pop("hydra", None)
+    assert composed == OmegaConf.to_container(OmegaConf.structured(TrainConfig()), resolve=True)
