@@ -189,3 +189,21 @@ def test_larger_net_both_objectives_match_brute_force():
     for eps in (0.5 * truth, 1.5 * truth):
         r = verify(net, x, label, eps=float(eps), pgd_steps=0, time_limit=60)
         assert r.status == ("robust" if eps < truth else "adversarial")
+
+
+def test_the_verifier_proves_with_float64_bounds_by_default(monkeypatch):
+    import certtrain.verify.api as api
+
+    seen = []
+    real = api.engine_bounds
+
+    def recording(steps, lower, upper, method, dtype=torch.float64, *args, **kwargs):
+        seen.append((method, dtype))
+        return real(steps, lower, upper, method, dtype, *args, **kwargs)
+
+    monkeypatch.setattr(api, "engine_bounds", recording)
+    net = random_net(3)
+    x = torch.rand(1, 3, generator=torch.Generator().manual_seed(0))
+    verify(net, x, int(net(x).argmax()), eps=0.5, tightening="crown")
+    crown = [dtype for method, dtype in seen if method == "crown"]
+    assert crown and all(dtype == torch.float64 for dtype in crown), seen
