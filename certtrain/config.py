@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 DEVICES = ("auto", "cpu", "cuda")
 RAMP_SHAPES = ("linear", "smoothed")
 GM_WEIGHTS = ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")
-EVAL_BOUNDS = ("ibp", "crown-ibp", "crown", "lipschitz")  # lipschitz: Lipschitz bound or any sound bound
+EVAL_BOUNDS = ("ibp", "crown-ibp", "crown", "alpha-crown", "lipschitz")  # lipschitz: Lipschitz bound or any sound bound
 GM_ESTIMATORS = ("all", "sampled", "stratified")
 FUSABLE_METHODS = ("crown_ibp", "gm_crown_ibp")  # methods with a CROWN backward pass
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "mnist5k")

@@ -35,7 +35,9 @@ def _bound_certifier(method: str) -> Certifier:
 
 
 # name -> function(model, x, y, eps, num_classes) -> bool tensor: certified samples.
-CERTIFIERS: dict[str, Certifier] = {name: _bound_certifier(name) for name in ("ibp", "crown-ibp", "crown")}
+CERTIFIERS: dict[str, Certifier] = {
+    name: _bound_certifier(name) for name in ("ibp", "crown-ibp", "crown", "alpha-crown")
+}
 
 
 def _lipschitz_certifier(

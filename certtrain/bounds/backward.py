@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from certtrain.bounds.kernels import relu_relaxation
 from certtrain.bounds.ops import AffineOp, FlattenOp, ScaleShiftOp
 
 # Largest number of elements one chunk of intermediate-bound rows may occupy in any layer
@@ -22,20 +23,36 @@ def concretize_lower(A, bias, x_L, x_U):
     return lower if bias is None else lower + bias
 
 
-def backward_lower(ops, A, in_bounds, x_L, x_U):
+def backward_lower(ops, A, in_bounds, x_L, x_U, lower_slopes=None):
     """Lower bound of A ops(x) over the box [x_L, x_U].
 
     A: (Ba, S, *output shape of ops[-1]). in_bounds[i]: bounds of the input of ops[i]
-    (only read for activation ops).
+    (only read for activation ops). lower_slopes: {index of a ReLU op: slopes in [0, 1] of its
+    unstable neurons' lower lines, (B, S, *its input shape)} (alpha-CROWN); the other ReLUs
+    take CROWN's adaptive choice.
     """
     bias = None
     for index in range(len(ops) - 1, -1, -1):
-        A, term = ops[index].backward(A, in_bounds[index])
+        if lower_slopes is not None and index in lower_slopes:
+            A, term = relu_backward_with_slopes(A, in_bounds[index], lower_slopes[index])
+        else:
+            A, term = ops[index].backward(A, in_bounds[index])
         if term is not None:
             bias = term if bias is None else bias + term
         if A is None:  # an op fell back to its output interval: nothing below it matters
             return bias.expand(x_L.shape[0], -1)
     return concretize_lower(A, bias, x_L, x_U)
+
+
+def relu_backward_with_slopes(A, in_bounds, slopes):
+    """The ReLU rule with given lower slopes for the unstable neurons: any slope in [0, 1] gives a
+    line below relu on [l, u] with l < 0 < u, so every choice is sound."""
+    lower, upper = (t.unsqueeze(1) for t in in_bounds)
+    _, d, c = relu_relaxation(lower, upper)
+    unstable = (lower < 0) & (upper > 0)
+    a = torch.where(unstable, slopes.clamp(0.0, 1.0), (lower >= 0).to(A.dtype))
+    A_neg = A.clamp(max=0)
+    return A.clamp(min=0) * a + A_neg * d, (A_neg * c).flatten(2).sum(-1)
 
 
 def backward_bounds(ops, C, in_bounds, x_L, x_U):
