@@ -122,6 +122,7 @@ class Run:
     radius_generator: torch.Generator  # the GM estimator's radius draws (gm.estimator=sampled)
     arch: dict
     world: World = SINGLE
+    provenance: dict | None = None  # the code and machine, read when the run starts
     writer: SummaryWriter | None = None
 
     @property
@@ -210,6 +211,7 @@ def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.devic
         radius_generator=torch.Generator().manual_seed(cfg.seed + RADIUS_SEED_OFFSET),
         arch={"model": cfg.model.name, "dataset": stats_of},
         world=world,
+        provenance=provenance(device),
     )
 
 
@@ -374,7 +376,7 @@ def _final_evaluation(run: Run, step: int, seconds: float) -> dict:
         seed=cfg.seed,
         gm_estimator=cfg.gm.estimator,
         loss_fusion=cfg.method.loss_fusion,
-        provenance=provenance(run.device),
+        provenance=run.provenance,
         world_size=run.world.size,
     )
     if run.world.is_main:
