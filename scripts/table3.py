@@ -7,6 +7,7 @@ Reads every metrics.json under the folders (runs of conf/experiment/table3_mnist
 run with the same evaluation grid). Verified error at a radius is the lower of the IBP and
 CROWN-IBP certificates' errors (each is sound). Writes <out>/table3.csv and <out>/fig3_eps<e>.png
 per training radius. A run folder without a readable metrics.json is listed as incomplete.
+The commit column is the last commit made before the run started (from its train.log).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import csv
 import json
 import logging
+import subprocess
 from pathlib import Path
 
 import yaml
@@ -34,6 +36,20 @@ def command_of(run_dir: Path) -> str:
     if not overrides.is_file():
         return ""
     return "python train.py " + " ".join(yaml.safe_load(overrides.read_text()) or [])
+
+
+def commit_at_start(run_dir: Path) -> str | None:
+    """The last commit made before the run's first log line (the code it imported), from git."""
+    log_file = run_dir / "train.log"
+    if not log_file.is_file():
+        return None
+    first = log_file.read_text().split("\n", 1)[0]
+    if not first.startswith("["):
+        return None
+    started = first[1:20]  # "2026-12-01 22:43:52"
+    result = subprocess.run(["git", "log", "-1", "--format=%h", f"--before={started} +0000"],
+                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    return result.stdout.strip() or None
 
 
 def best_curve(metrics: dict) -> dict[float, float]:
@@ -57,7 +73,7 @@ def row_of(run_dir: Path, metrics: dict, default_commit: str) -> dict:
         "epochs": metrics["epochs"],
         "seconds": metrics["seconds"],
         "command": command_of(run_dir),
-        "commit": metrics.get("provenance", {}).get("commit", default_commit),
+        "commit": commit_at_start(run_dir) or metrics.get("provenance", {}).get("commit", default_commit),
     }
     for eps in (0.1, 0.2, 0.3, 0.4, 0.5):
         row[f"verified_err_{eps}"] = curve.get(eps, "")
