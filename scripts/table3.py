@@ -103,6 +103,21 @@ def drawdown(rows_and_curves, eps_train: float) -> Figure:
     return figure
 
 
+def table_markdown(rows: list[dict], eps_train: float) -> list[str]:
+    """Table 3's layout: one line per run, errors in %, sorted by method."""
+    radii = (0.1, 0.2, 0.3, 0.4, 0.5)
+    lines = [f"### eps_train {eps_train:g}", "",
+             "| run | standard | " + " | ".join(f"verified {e}" for e in radii) + " | PGD 0.3 | epochs | minutes | commit |",
+             "| --- |" + " --- |" * (len(radii) + 5)]
+    for row in sorted(rows, key=lambda r: (r["method"], r["estimator"], r["loss_fusion"], r["seed"])):
+        cells = [label(row), f"{100 * row['clean_err']:.2f}"]
+        cells += [f"{100 * row[f'verified_err_{e}']:.2f}" if row[f"verified_err_{e}"] != "" else "-" for e in radii]
+        cells += [f"{100 * row['pgd_err_0.3']:.2f}" if row["pgd_err_0.3"] != "" else "-", str(row["epochs"]),
+                  f"{row['seconds'] / 60:.1f}", row["commit"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
@@ -127,9 +142,12 @@ def main(argv=None) -> None:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+    markdown = []
     for eps_train in sorted({row["eps_train"] for row in rows}):
         picked = [(row, curve) for row, curve in curves if row["eps_train"] == eps_train]
         drawdown(picked, eps_train).savefig(args.out / f"fig3_eps{eps_train:g}.png", dpi=120)
+        markdown += table_markdown([row for row, _ in picked], eps_train)
+    (args.out / "table3.md").write_text("\n".join(markdown) + "\n")
     log.info("%d runs -> %s", len(rows), args.out / "table3.csv")
 
 
