@@ -11,18 +11,36 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-DEVICES = ("auto", "cpu", "cuda")
-RAMP_SHAPES = ("linear", "smoothed")
-GM_WEIGHTS = ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")
+class Choice(str, Enum):
+    """A closed set of string values: a bad value fails while Hydra composes the config, naming
+    the choices. Members are their strings (==, hashing, formatting), so code reads them as str."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
+
+
+Device = Choice("Device", {name: name for name in ("auto", "cpu", "cuda")})
+RampShape = Choice("RampShape", {name: name for name in ("linear", "smoothed")})
+GMWeights = Choice("GMWeights", {n: n for n in ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")})
+GMEstimator = Choice("GMEstimator", {name: name for name in ("all", "sampled", "stratified")})
+DatasetName = Choice("DatasetName", {name: name for name in ("mnist", "fashion_mnist", "cifar10", "mnist5k")})
+LipschitzLoss = Choice("LipschitzLoss", {name: name for name in ("ce", "hinge")})
+
+DEVICES = tuple(c.value for c in Device)
+RAMP_SHAPES = tuple(c.value for c in RampShape)
+GM_WEIGHTS = tuple(c.value for c in GMWeights)
 EVAL_BOUNDS = ("ibp", "crown-ibp", "crown", "alpha-crown", "lipschitz")  # lipschitz: Lipschitz bound or any sound bound
-GM_ESTIMATORS = ("all", "sampled", "stratified")
+GM_ESTIMATORS = tuple(c.value for c in GMEstimator)
 FUSABLE_METHODS = ("crown_ibp", "gm_crown_ibp")  # methods with a CROWN backward pass
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "mnist5k")
+DATASETS = tuple(c.value for c in DatasetName)
 
 
 class ConfigError(ValueError):
@@ -36,7 +54,7 @@ class MethodConfig:
     beta_start: float = 1.0  # CROWN-IBP mixing: beta * CROWN-IBP + (1 - beta) * IBP bounds
     beta_final: float = 0.0
     # method=lipschitz only: margin-aware loss on the Lipschitz-certified margins (certtrain.lipschitz_method)
-    lipschitz_loss: str = "ce"  # ce (cross-entropy with temperature) | hinge
+    lipschitz_loss: LipschitzLoss = LipschitzLoss.ce  # ce (cross-entropy with temperature) | hinge
     temperature: float = 1.0  # ce: CE(T * margins) / T; Lipschitz nets need T >> 1
     hinge_margin: float = 0.1  # hinge: relu(hinge_margin - smallest certified margin)
     # crown_ibp / gm_crown_ibp: bound the CE itself from one backward row per sample (certtrain.bounds.fusion)
@@ -50,7 +68,7 @@ class ModelConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = "mnist5k"
+    name: DatasetName = DatasetName.mnist5k
     train_size: Optional[int] = None  # null: every training sample
     test_size: Optional[int] = None  # null: every test sample
     augment: bool = False  # random crop (padding 4) + horizontal flip, for CIFAR
@@ -60,7 +78,7 @@ class DatasetConfig:
 class ScheduleConfig:
     warmup_epochs: float = 1.0  # plain training (eps 0, kappa 1) before the ramp
     ramp_epochs: float = 10.0  # eps 0 -> eps_train, kappa 1 -> kappa_final, beta over this span
-    ramp_shape: str = "linear"  # linear | smoothed (polynomial for the first quarter, then linear)
+    ramp_shape: RampShape = RampShape.linear  # linear | smoothed (polynomial for the first quarter, then linear)
     lr_milestones: List[int] = field(default_factory=list)  # epochs after which lr *= lr_gamma
     lr_gamma: float = 0.1
     grad_clip: Optional[float] = 10.0  # max gradient norm; null disables clipping
@@ -69,10 +87,10 @@ class ScheduleConfig:
 @dataclass
 class GMConfig:
     n: int = 4  # number of radii r_i = (i / n) * eps_t
-    weights: str = "inverse"  # inverse | uniform | inverse_square | linear_decreasing | increasing
+    weights: GMWeights = GMWeights.inverse  # inverse | uniform | inverse_square | linear_decreasing | increasing
     # all: every sample at every radius; sampled: one radius per sample drawn with probability c_i
     # (one bound call, an unbiased estimate of the same loss); stratified: about B c_i per radius
-    estimator: str = "all"
+    estimator: GMEstimator = GMEstimator.all
 
 
 @dataclass
@@ -101,7 +119,7 @@ class TrainConfig:
     lr: float = 1e-3  # Adam
     weight_decay: float = 0.0
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Device = Device.auto  # auto | cpu | cuda
     data_dir: str = "${oc.env:CERTTRAIN_DATA_DIR,data}"  # where datasets live
     resume: bool = False
     overwrite: bool = False  # true: a rerun without resume=true deletes the run already in its folder

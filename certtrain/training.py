@@ -184,7 +184,7 @@ def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.devic
     train_split, test_split = load_data(cfg)
     _check_world(cfg, world, len(train_split))
     torch.manual_seed(cfg.seed)
-    stats_of = MODEL_STATS_OF.get(cfg.dataset.name, cfg.dataset.name)
+    stats_of = MODEL_STATS_OF.get(str(cfg.dataset.name), str(cfg.dataset.name))  # plain str: saved in checkpoints
     model = build_model(cfg.model.name, stats_of).to(device)
     trains_robustly = ROBUST_LOSSES[cfg.method.name] is not None
     schedule = RampSchedule(

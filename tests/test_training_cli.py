@@ -189,7 +189,6 @@ def test_cuda_without_a_gpu_names_the_fix(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (("gm.estimator=importance",), "all, sampled, stratified"),
         (("method=ibp", "method.loss_fusion=true"), "needs a CROWN backward pass"),
     ],
 )
