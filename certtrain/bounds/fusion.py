@@ -62,7 +62,7 @@ def _fused_from_intermediates(ops, in_bounds, C, x_L, x_U):
     in_bounds the bounds of every op's input (for the backward pass)."""
     margin_lower, margin_upper = interval_with_spec(ops[-1], *in_bounds[len(ops) - 1], C)
     z_lower, z_upper = -margin_upper, -margin_lower  # z_j = f_j - f_y
-    ibp_ce = _log1p_sum_exp(z_upper)
+    ibp_ce = log1p_sum_exp(z_upper)
     shift = z_upper.detach().amax(dim=1, keepdim=True).clamp(min=0.0)
     slope, intercept = exp_chord(z_lower - shift, z_upper - shift)
     # lower bound of sum_j a_j m_j = -(upper bound of sum_j a_j z_j), one row per sample
@@ -76,7 +76,7 @@ def _fused_from_intermediates(ops, in_bounds, C, x_L, x_U):
     return torch.minimum(fused, ibp_ce), ibp_ce
 
 
-def _log1p_sum_exp(z: torch.Tensor) -> torch.Tensor:
+def log1p_sum_exp(z: torch.Tensor) -> torch.Tensor:
     """log(1 + sum_j exp(z_j)) per row, stably: CE with a 0 logit for the true class."""
     return torch.logsumexp(F.pad(z, (1, 0)), dim=1)
 
