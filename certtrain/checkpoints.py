@@ -1,8 +1,10 @@
 """Checkpoints that hold everything a resumed run needs to continue bit for bit (same seed, CPU).
 
 Saved: model and optimiser state, the schedule position (epochs done, global step), the RNG
-states (global torch, the data-order and radius-draw generators, CUDA), the wall time so far, and the
-architecture, so a checkpoint from another model is refused with a clear message. Files are
+states (global torch, the data-order and radius-draw generators, CUDA), the wall time so far, the
+architecture (a checkpoint from another model is refused with a clear message), the run's full
+resolved config and a content hash of the weights (verify.py run=<folder> reads both: what to
+verify, and whether the network changed since an earlier verification). Files are
 written atomically (certtrain.atomic), so a crash mid-write keeps the previous checkpoint.
 Loaded with weights_only=True: only tensors and plain containers, no pickled code.
 """
@@ -10,6 +12,8 @@ Loaded with weights_only=True: only tensors and plain containers, no pickled cod
 from __future__ import annotations
 
 from pathlib import Path
+
+import hashlib
 
 import torch
 from torch import nn
@@ -23,11 +27,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint does not fit this run; the message names the fix."""
 
 
+def weights_hash(state_dict: dict) -> str:
+    """sha256 over the parameter and buffer names, dtypes, shapes and bytes (CPU, contiguous)."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def save_checkpoint(
-    path: Path, *, model, optimizer, epoch, step, data_generator, seconds, arch, radius_generator=None
+    path: Path, *, model, optimizer, epoch, step, data_generator, seconds, arch, radius_generator=None,
+    config: dict | None = None,
 ) -> None:
+    weights = model.state_dict()
     state = {
-        "model": model.state_dict(),
+        "model": weights,
+        "weights_sha256": weights_hash(weights),
+        "config": config,
         "optimizer": optimizer.state_dict(),
         "schedule": {"epoch": epoch, "step": step},
         "rng": {

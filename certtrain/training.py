@@ -166,6 +166,7 @@ def _train(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -
                     run.checkpoint, model=run.model, optimizer=run.optimizer, epoch=epoch + 1, step=step,
                     data_generator=run.data_generator, radius_generator=run.radius_generator,
                     seconds=seconds_before + time.perf_counter() - started, arch=run.arch,
+                    config=OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
                 )
             run.writer.flush()
         metrics = _final_evaluation(run, step, seconds_before + time.perf_counter() - started)
