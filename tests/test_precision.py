@@ -11,7 +11,7 @@ from torch.overrides import TorchFunctionMode
 from certtrain.evaluate import CERTIFIERS
 from certtrain.models import build_model
 from certtrain.precision import allow_tf32, is_strict, strict_fp32
-from certtrain.verify import verify
+from certtrain.verify import VerifyOptions, verify
 
 
 class RecordMode(TorchFunctionMode):
@@ -53,7 +53,7 @@ def test_every_certifier_runs_in_strict_fp32(name, user_allows_tf32):
 def test_verify_runs_in_strict_fp32(user_allows_tf32):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
-    result = certify_recorded(verify, model, torch.rand(1, 1, 2, 2), 0, 0.05)
+    result = certify_recorded(verify, model, torch.rand(1, 1, 2, 2), 0, VerifyOptions(eps=0.05))
     assert result.status in ("robust", "adversarial", "misclassified", "timeout")
 
 

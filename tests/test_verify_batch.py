@@ -15,12 +15,12 @@ import pytest
 import torch
 from torch import nn
 
-from certtrain.verify import verify
+from certtrain.verify import VerifyOptions, verify
 from certtrain.verify.batch import COLUMNS, parse_samples, read_rows, run_batch
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("solve_seconds", "total_seconds", "cpu_seconds")
-KWARGS = {"eps": 0.08, "time_limit": 30}
+OPTIONS = VerifyOptions(eps=0.08, time_limit=30)
 
 
 def tiny_problem(n=8):
@@ -36,7 +36,7 @@ def tiny_problem(n=8):
 def run(out, rerun="never", verify_fn=verify, indices=range(8), settings=None):
     net, images, labels = tiny_problem()
     return run_batch(net, images, labels, indices, out, settings=settings or {"model": "tiny", "eps": 0.08},
-                     verify_kwargs=KWARGS, rerun=rerun, pgd_steps=10, pgd_restarts=1, verify_fn=verify_fn)
+                     options=OPTIONS, rerun=rerun, pgd_steps=10, pgd_restarts=1, verify_fn=verify_fn)
 
 
 def decided(path: Path) -> list[dict]:
@@ -107,11 +107,11 @@ def test_rerun_options_choose_the_rows_done_again(tmp_path, rerun, expected):
 
 
 def test_failure_names_the_sample_and_keeps_finished_rows(tmp_path):
-    def failing(model, x, y, **kwargs):
+    def failing(model, x, y, options):
         if failing.calls == 2:
             raise RuntimeError("HiGHS returned model status Solve error")
         failing.calls += 1
-        return verify(model, x, y, **kwargs)
+        return verify(model, x, y, options)
 
     failing.calls = 0
     with pytest.raises(RuntimeError, match="sample 2 failed.*Solve error.*rerun the same command"):

@@ -17,7 +17,7 @@ import torch
 from scipy.optimize import linprog
 from torch import nn
 
-from certtrain.verify import verify
+from certtrain.verify import VerifyOptions, verify
 
 TOL = 1e-6
 
@@ -139,7 +139,7 @@ def test_robustness_matches_brute_force(seed, tightening):
             continue
         truth = _min_margin(seed, eps)
         assert (truth > TOL) == (eps < radius)
-        r = verify(net, x, label, eps=float(eps), tightening=tightening, pgd_steps=0, time_limit=30)
+        r = verify(net, x, label, VerifyOptions(eps=float(eps), tightening=tightening, pgd_steps=0, time_limit=30))
         assert r.status == ("robust" if truth > 0 else "adversarial"), (eps, truth, r)
         if r.status == "adversarial":
             assert r.adversarial is not None and r.witness_verified
@@ -147,7 +147,7 @@ def test_robustness_matches_brute_force(seed, tightening):
 
 def test_mip_decides_where_the_lp_relaxation_cannot():
     net, x, label = _case(11)
-    r = verify(net, x, label, eps=1.1 * _min_linf(11), tightening="lp", pgd_steps=0, time_limit=30)
+    r = verify(net, x, label, VerifyOptions(eps=1.1 * _min_linf(11), tightening="lp", pgd_steps=0, time_limit=30))
     assert (r.status, r.resolved_by) == ("adversarial", "mip")
 
 
@@ -158,8 +158,7 @@ def test_min_distortion_matches_brute_force(seed, norm):
     x64 = x.double().numpy()[0]
     truth = brute_min_distortion(net, x64, np.zeros(3), np.ones(3), label, norm)
     assert np.isfinite(truth)
-    r = verify(net, x, label, eps=None, perturbation="unrestricted", objective="min_distortion", norm=norm,
-               time_limit=30)
+    r = verify(net, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", norm=norm, time_limit=30))
     assert r.status == "adversarial"
     assert r.bound == pytest.approx(truth, rel=1e-3, abs=1e-5)
     assert truth - 1e-6 <= r.distortion <= truth * (1 + 2e-3) + 1e-5
@@ -172,7 +171,7 @@ def test_min_distortion_matches_brute_force(seed, norm):
 def test_min_distortion_inside_a_ball_without_adversarial_is_robust():
     net, x, label = _case(SEEDS[0])
     eps = 0.5 * _min_linf(SEEDS[0])
-    r = verify(net, x, label, eps=eps, objective="min_distortion", time_limit=30)
+    r = verify(net, x, label, VerifyOptions(eps=eps, objective="min_distortion", time_limit=30))
     assert r.status == "robust" and r.adversarial is None and r.bound == pytest.approx(eps)
 
 
@@ -184,10 +183,10 @@ def test_larger_net_both_objectives_match_brute_force():
     label = int(net(x).argmax())
     x64 = x.double().numpy()[0]
     truth = brute_min_distortion(net, x64, np.zeros(4), np.ones(4), label, "linf")
-    r = verify(net, x, label, eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60)
+    r = verify(net, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60))
     assert r.bound == pytest.approx(truth, rel=1e-3, abs=1e-5)
     for eps in (0.5 * truth, 1.5 * truth):
-        r = verify(net, x, label, eps=float(eps), pgd_steps=0, time_limit=60)
+        r = verify(net, x, label, VerifyOptions(eps=float(eps), pgd_steps=0, time_limit=60))
         assert r.status == ("robust" if eps < truth else "adversarial")
 
 
@@ -204,6 +203,6 @@ def test_the_verifier_proves_with_float64_bounds_by_default(monkeypatch):
     monkeypatch.setattr(api, "engine_bounds", recording)
     net = random_net(3)
     x = torch.rand(1, 3, generator=torch.Generator().manual_seed(0))
-    verify(net, x, int(net(x).argmax()), eps=0.5, tightening="crown")
+    verify(net, x, int(net(x).argmax()), VerifyOptions(eps=0.5, tightening="crown"))
     crown = [dtype for method, dtype in seen if method == "crown"]
     assert crown and all(dtype == torch.float64 for dtype in crown), seen

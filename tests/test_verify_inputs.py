@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from certtrain.models import build_model
-from certtrain.verify import UnsupportedNetworkError, verify
+from certtrain.verify import UnsupportedNetworkError, VerifyOptions, verify
 from certtrain.verify.config import VerifyConfig
 from certtrain.verify.loading import WeightsError, load_network
 from certtrain.verify.runner import check_config
@@ -22,16 +22,16 @@ def small_net():
 @pytest.mark.parametrize("eps", [-0.1, 1.5])
 def test_eps_outside_the_pixel_range(eps):
     with pytest.raises(ValueError, match=r"eps must lie in \[0, 1\]"):
-        verify(small_net(), torch.rand(1, 4), 0, eps=eps)
+        verify(small_net(), torch.rand(1, 4), 0, VerifyOptions(eps=eps))
     with pytest.raises(ValueError, match="eps="):
         check_config(OmegaConf.structured(VerifyConfig(eps=eps)))
 
 
 def test_input_outside_the_pixel_range_or_without_batch_dim():
     with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]"):
-        verify(small_net(), torch.full((1, 4), 2.0), 0, eps=0.1)
+        verify(small_net(), torch.full((1, 4), 2.0), 0, VerifyOptions(eps=0.1))
     with pytest.raises(ValueError, match="batch dimension"):
-        verify(small_net(), torch.rand(4), 0, eps=0.1)
+        verify(small_net(), torch.rand(4), 0, VerifyOptions(eps=0.1))
 
 
 def test_unknown_choices_are_named():
@@ -40,14 +40,14 @@ def test_unknown_choices_are_named():
                           ({"perturbation": "rotate"}, "perturbation"), ({"norm": "l2"}, "norm"),
                           ({"targets": [7]}, "targets"), ({"time_limit": 0}, "time_limit")]:
         with pytest.raises(ValueError, match=match):
-            verify(small_net(), x, int(small_net()(x).argmax()), eps=0.1, **kwargs)
+            verify(small_net(), x, int(small_net()(x).argmax()), VerifyOptions(eps=0.1, **kwargs))
 
 
 def test_unsupported_layer_is_named():
     net = nn.Sequential(nn.Linear(4, 5), nn.Sigmoid(), nn.Linear(5, 3)).eval()
     x = torch.rand(1, 4)
     with pytest.raises(UnsupportedNetworkError, match="Sigmoid"):
-        verify(net, x, int(net(x).argmax()), eps=0.1)
+        verify(net, x, int(net(x).argmax()), VerifyOptions(eps=0.1))
 
 
 def test_weights_that_do_not_fit_the_architecture(tmp_path):
@@ -81,5 +81,5 @@ def test_solver_failure_reports_unresolved_not_robust(monkeypatch):
     torch.manual_seed(3)
     net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
     x = torch.rand(1, 4)
-    r = verify(net, x, int(net(x).argmax()), eps=0.5, pgd_steps=0, tightening="crown")
+    r = verify(net, x, int(net(x).argmax()), VerifyOptions(eps=0.5, pgd_steps=0, tightening="crown"))
     assert r.status == "unresolved"

@@ -9,7 +9,7 @@ import torch
 
 from certtrain.attacks import pgd_attack
 from certtrain.data import load_split, to_float
-from certtrain.verify import verify
+from certtrain.verify import VerifyOptions, verify
 from certtrain.verify.loading import load_network
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
@@ -31,7 +31,7 @@ def network_and_data():
 def test_known_samples_at_eps_0_1(network_and_data, index, expected):
     net, split = network_and_data
     x, label = to_float(split.images[index : index + 1]), int(split.labels[index])
-    r = verify(net, x, label, eps=0.1, time_limit=120)
+    r = verify(net, x, label, VerifyOptions(eps=0.1, time_limit=120))
     assert r.status == expected
     if expected == "adversarial":
         adv = r.adversarial
@@ -39,7 +39,7 @@ def test_known_samples_at_eps_0_1(network_and_data, index, expected):
         assert net.double()(adv.double()).argmax().item() != label
         net.float()
         # another tightening setting must not contradict the witness
-        assert verify(net, x, label, eps=0.1, tightening="crown", pgd_steps=0).status == "adversarial"
+        assert verify(net, x, label, VerifyOptions(eps=0.1, tightening="crown", pgd_steps=0)).status == "adversarial"
     else:
         _, found = pgd_attack(net, x, torch.tensor([label]), 0.1, steps=100, restarts=3,
                               generator=torch.Generator().manual_seed(0))

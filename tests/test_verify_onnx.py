@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from certtrain.models.layers import Normalize
-from certtrain.verify import verify
+from certtrain.verify import VerifyOptions, verify
 from certtrain.verify.loading import load_network
 from certtrain.verify.onnx_import import UnsupportedOnnxError, load_onnx
 
@@ -40,8 +40,8 @@ def test_exported_network_reads_back_equal(tmp_path, dynamo):
     sample = x[:1]
     label = int(net(sample).argmax())
     for eps in (0.05, 0.1):
-        ours = verify(net, sample, label, eps=eps, pgd_steps=0, time_limit=60)
-        theirs = verify(back, sample, label, eps=eps, pgd_steps=0, time_limit=60)
+        ours = verify(net, sample, label, VerifyOptions(eps=eps, pgd_steps=0, time_limit=60))
+        theirs = verify(back, sample, label, VerifyOptions(eps=eps, pgd_steps=0, time_limit=60))
         assert ours.status == theirs.status
         assert ours.stats["unstable_ibp"] == theirs.stats["unstable_ibp"]
 

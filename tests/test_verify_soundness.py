@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from certtrain.attacks import pgd_attack
-from certtrain.verify import verify
+from certtrain.verify import VerifyOptions, verify
 
 LEVELS = ("ibp", "crown", "lp", "mip")
 
@@ -62,7 +62,7 @@ def test_answers_agree_and_hold_up(build, shape, seeds, radii):
         for eps in radii:
             answers = {}
             for level in LEVELS:
-                r = verify(net, x, label, eps=eps, tightening=level, pgd_steps=0, time_limit=60)
+                r = verify(net, x, label, VerifyOptions(eps=eps, tightening=level, pgd_steps=0, time_limit=60))
                 answers[level] = r.status
                 if r.status == "adversarial":
                     assert_witness(net, x, label, eps, r)
@@ -78,7 +78,7 @@ def test_default_settings_return_a_checked_witness():
     net = mlp(1)
     x = torch.rand((1, 6), generator=torch.Generator().manual_seed(1))
     label = int(net(x).argmax())
-    r = verify(net, x, label, eps=0.3, time_limit=30)
+    r = verify(net, x, label, VerifyOptions(eps=0.3, time_limit=30))
     assert r.status == "adversarial"
     assert_witness(net, x, label, 0.3, r)
 
@@ -87,7 +87,7 @@ def test_misclassified_sample_needs_no_solver():
     net = mlp(1)
     x = torch.rand((1, 6), generator=torch.Generator().manual_seed(2))
     wrong = (int(net(x).argmax()) + 1) % 4
-    r = verify(net, x, wrong, eps=0.1)
+    r = verify(net, x, wrong, VerifyOptions(eps=0.1))
     assert r.status == "misclassified" and r.predicted != wrong and r.distortion == 0.0
 
 
@@ -97,13 +97,13 @@ def test_targeted_witness_is_classified_as_the_target():
     label = int(net(x).argmax())
     seen = set()
     for target in [k for k in range(4) if k != label]:
-        r = verify(net, x, label, eps=0.6, targets=[target], time_limit=30)
+        r = verify(net, x, label, VerifyOptions(eps=0.6, targets=[target], time_limit=30))
         seen.add(r.status)
         if r.status == "adversarial":
             assert copy.deepcopy(net).double()(r.adversarial.double()).argmax().item() == target
         else:
             assert r.status == "robust"
-    untargeted = verify(net, x, label, eps=0.6, pgd_steps=0, time_limit=30).status
+    untargeted = verify(net, x, label, VerifyOptions(eps=0.6, pgd_steps=0, time_limit=30)).status
     assert untargeted == ("adversarial" if "adversarial" in seen else "robust")
 
 
@@ -114,8 +114,7 @@ def test_blur_witness_is_a_blur_of_the_input():
     for seed in range(6):
         x = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(seed))
         label = int(net(x).argmax())
-        r = verify(net, x, label, eps=None, perturbation="blur", blur_kernel_size=3, objective="min_distortion",
-                   time_limit=30)
+        r = verify(net, x, label, VerifyOptions(eps=None, perturbation="blur", blur_kernel_size=3, objective="min_distortion", time_limit=30))
         statuses.append(r.status)
         if r.status == "adversarial":
             assert copy.deepcopy(net).double()(r.adversarial).argmax().item() != label
@@ -138,10 +137,10 @@ def test_min_distortion_bound_matches_the_robustness_threshold():
     net = conv_maxpool(0)
     x = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(0))
     label = int(net(x).argmax())
-    r = verify(net, x, label, eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60)
+    r = verify(net, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60))
     assert r.status == "adversarial" and np.isfinite(r.distortion)
-    below = verify(net, x, label, eps=r.bound * 0.98, pgd_steps=0, time_limit=60)
-    above = verify(net, x, label, eps=min(1.0, r.distortion * 1.02), pgd_steps=0, time_limit=60)
+    below = verify(net, x, label, VerifyOptions(eps=r.bound * 0.98, pgd_steps=0, time_limit=60))
+    above = verify(net, x, label, VerifyOptions(eps=min(1.0, r.distortion * 1.02), pgd_steps=0, time_limit=60))
     assert (below.status, above.status) == ("robust", "adversarial")
 
 
@@ -149,7 +148,7 @@ def test_float64_models_get_float64_witnesses_inside_the_ball():
     net = mlp(1).double()
     x = torch.rand((1, 6), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     label = int(net(x).argmax())
-    r = verify(net, x, label, eps=0.3, time_limit=30)
+    r = verify(net, x, label, VerifyOptions(eps=0.3, time_limit=30))
     assert r.status == "adversarial" and r.adversarial.dtype == torch.float64
     assert float((r.adversarial - x).abs().max()) <= 0.3  # exactly, in float64
     assert net(r.adversarial).argmax().item() != label

@@ -18,16 +18,16 @@ from torch import nn
 
 from certtrain.attacks import pgd_attack
 from certtrain.precision import certifier
-from certtrain.verify.encoding import SolverOptions
 from certtrain.verify.formulation import build_formulation
 from certtrain.verify.network import model_dtype, network_steps
-from certtrain.verify.objectives import NORMS, min_distortion, robustness
+from certtrain.verify.objectives import min_distortion, robustness
+from certtrain.verify.options import OBJECTIVES, VerifyOptions
 from certtrain.verify.perturbations import make_domain
 from certtrain.verify.result import FloatNetwork, VerificationResult, as_tensor, representable
-from certtrain.verify.tightening import LEVELS, check_level, count_unstable, engine_bounds, intersect
+from certtrain.verify.tightening import LEVELS, count_unstable, engine_bounds, intersect
 from certtrain.verify.witness import is_adversarial
 
-OBJECTIVES = ("robustness", "min_distortion")
+__all__ = ["OBJECTIVES", "VerifyOptions", "verify"]
 
 
 def _classes(num_classes: int, label: int, targets) -> list[int]:
@@ -54,53 +54,24 @@ def _pgd_witness(model, x, label, domain, net, steps, restarts):
 
 
 @certifier  # strict float32: TF32 bounds could prove what is false
-def verify(
-    model: nn.Module,
-    x: torch.Tensor,
-    y,
-    eps: float | None = 0.1,
-    objective: str = "robustness",
-    time_limit: float = 120.0,
-    *,
-    tightening: str = "lp",
-    perturbation: str = "linf",
-    norm: str = "linf",
-    targets=None,
-    blur_kernel_size: int = 3,
-    pgd_steps: int = 40,
-    pgd_restarts: int = 2,
-    tightening_time_limit: float = 1.0,
-    solver: SolverOptions | None = None,
-    # float64 by default: the MILP takes these bounds as proof margins, and float32's rounding is
-    # only checked (FLOAT32_SLACK) on small random networks, not bounded for every network size.
-    crown_dtype: torch.dtype = torch.float64,
-) -> VerificationResult:
-    """Decide one sample exactly. x: (1, *input_shape) in [0, 1]; y: its label.
-
-    objective: robustness (any input of the set classified otherwise / as one of `targets`?) or
-    min_distortion (smallest `norm` perturbation inside the set that does so).
-    tightening: ibp | crown | lp | mip, the strongest bound tightening applied before the MILP.
-    perturbation: linf (ball of radius eps within [0, 1]) | unrestricted ([0, 1]) | blur (a
-    blur_kernel_size kernel; eps, if given, also bounds the change of every pixel).
-    crown_dtype: float64 (default) or float32 CROWN bounds (about twice as fast on convolutions,
-    widened by the engine's FLOAT32_SLACK, which the tests check on random networks only).
-    """
+def verify(model: nn.Module, x: torch.Tensor, y, options: VerifyOptions | None = None) -> VerificationResult:
+    """Decide one sample exactly. x: (1, *input_shape) in [0, 1]; y: its label; options: what to
+    decide and how (certtrain.verify.VerifyOptions; the defaults decide L-inf robustness at 0.1)."""
     start, cpu_start = time.perf_counter(), time.process_time()
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {OBJECTIVES}")
-    if norm not in NORMS:
-        raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
-    if not time_limit > 0:
-        raise ValueError(f"time_limit must be positive seconds, got {time_limit}")
-    check_level(tightening)
-    options = dict(objective=objective, tightening=tightening, norm=norm, pgd_steps=pgd_steps,
-                   pgd_restarts=pgd_restarts, tightening_time_limit=tightening_time_limit,
-                   solver=solver or SolverOptions(), deadline=start + float(time_limit), crown_dtype=crown_dtype)
+    if options is None:
+        options = VerifyOptions()
+    if not isinstance(options, VerifyOptions):
+        raise TypeError(f"options must be a VerifyOptions, got {type(options).__name__}: verify(model, x, y, "
+                        "VerifyOptions(eps=0.1, ...))")
+    settings = dict(objective=options.objective, tightening=options.tightening, norm=options.norm,
+                    pgd_steps=options.pgd_steps, pgd_restarts=options.pgd_restarts,
+                    tightening_time_limit=options.tightening_time_limit, solver=options.solver,
+                    deadline=start + float(options.time_limit), crown_dtype=options.crown_dtype)
     was_training = model.training
     model.eval()
     try:
-        domain = make_domain(x, perturbation, eps, blur_kernel_size)
-        result = _run(model, x, int(torch.as_tensor(y).reshape(-1)[0]), targets, domain, **options)
+        domain = make_domain(x, options.perturbation, options.eps, options.blur_kernel_size)
+        result = _run(model, x, int(torch.as_tensor(y).reshape(-1)[0]), options.targets, domain, **settings)
     finally:
         model.train(was_training)
     result.seconds = time.perf_counter() - start

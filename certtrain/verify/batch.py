@@ -23,6 +23,7 @@ from tqdm import tqdm
 from certtrain.atomic import atomic_write_text
 from certtrain.data import to_float
 from certtrain.verify.api import verify
+from certtrain.verify.options import VerifyOptions
 from certtrain.verify.perturbations import make_domain
 from certtrain.verify.references import bound_verified, pgd_finds
 from certtrain.verify.result import RESOLVED, VerificationResult
@@ -54,7 +55,7 @@ def parse_samples(text: str, available: int) -> range:
     return range(start, stop)
 
 
-def read_rows(path: Path) -> dict[int, dict]:
+def read_rows(path: Path, columns: list[str] = COLUMNS) -> dict[int, dict]:
     """Finished rows by index. A half-written last line (the process died mid-write) is cut off."""
     if not path.is_file():
         return {}
@@ -65,7 +66,7 @@ def read_rows(path: Path) -> dict[int, dict]:
         atomic_write_text(path, text)
     rows = {}
     for row in csv.DictReader(io.StringIO(text)):
-        if None in row or any(row.get(c) is None for c in COLUMNS):
+        if None in row or any(row.get(c) is None for c in columns):
             log.warning("%s: skipping a malformed row %s", path, row)
             continue
         rows[int(row["index"])] = row
@@ -103,7 +104,8 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def make_row(index: int, label: int, result: VerificationResult, tightening: str, references: dict) -> dict:
+def make_row(index: int, label: int, result: VerificationResult, tightening: str, references: dict,
+             columns: list[str] = COLUMNS) -> dict:
     stats = result.stats
     row = {
         "index": index, "label": label, "predicted": result.predicted, "status": result.status,
@@ -115,13 +117,12 @@ def make_row(index: int, label: int, result: VerificationResult, tightening: str
         "binaries": stats.get("unstable_final"),
     }
     row.update(references)
-    return {k: _fmt(row.get(k)) for k in COLUMNS}
+    return {k: _fmt(row.get(k)) for k in columns}
 
 
-def _references(model, x, label, result, verify_kwargs, pgd_steps, pgd_restarts) -> dict:
+def references(model, x, label, result, options: VerifyOptions, pgd_steps, pgd_restarts) -> dict:
     """PGD / IBP / CROWN verdicts for the summary; an exact adversarial answer settles the bounds."""
-    domain = make_domain(x, verify_kwargs.get("perturbation", "linf"), verify_kwargs.get("eps"),
-                         verify_kwargs.get("blur_kernel_size", 3))
+    domain = make_domain(x, options.perturbation, options.eps, options.blur_kernel_size)
     if result.status == "misclassified":
         return {"pgd_adversarial": True, "ibp_verified": False, "crown_verified": False}
     pgd = pgd_finds(model, x, label, domain, pgd_steps, pgd_restarts)
@@ -134,42 +135,47 @@ def _references(model, x, label, result, verify_kwargs, pgd_steps, pgd_restarts)
 
 
 def run_batch(model, images: torch.Tensor, labels: torch.Tensor, indices: range, out: Path, *, settings: dict,
-              verify_kwargs: dict, rerun: str = "never", pgd_steps: int = 50, pgd_restarts: int = 3,
-              verify_fn=verify) -> dict:
-    """Verify images[indices]; append each row to out/samples.csv; write the summary; return it."""
+              options: VerifyOptions, rerun: str = "never", pgd_steps: int = 50, pgd_restarts: int = 3,
+              verify_fn=verify, reference_fn=references, columns: list[str] = COLUMNS, summarize_fn=None) -> dict:
+    """Verify images[indices]; append each row to out/samples.csv; write the summary; return it.
+
+    reference_fn(model, x, label, result, options, pgd_steps, pgd_restarts) -> dict gives the
+    columns beside the exact answer (the evaluation ladder adds its certifiers there); the CSV
+    has `columns`, and summarize_fn(rows, out, settings) writes the summary (write_summary).
+    """
     if rerun not in RERUN:
         raise ValueError(f"unknown rerun {rerun!r}; choose one of {RERUN}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _check_settings(out, settings)
     path = out / "samples.csv"
-    rows = read_rows(path)
+    rows = read_rows(path, columns)
     pending = [i for i in indices if needs_run(rows.get(i), rerun)]
     if any(i in rows for i in pending) or not path.is_file():
         kept = [r for i, r in sorted(rows.items()) if i not in pending]
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buffer, columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(kept)
         atomic_write_text(path, buffer.getvalue())
         rows = {int(r["index"]): r for r in kept}
     log.info("%d of %d samples to verify (%d finished rows kept)", len(pending), len(indices), len(rows))
-    tightening = verify_kwargs.get("tightening", "lp")
+    tightening = options.tightening
     bar = tqdm(pending, disable=None, leave=False, desc="verify")
     times, resolved = [], 0
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(f, columns, lineterminator="\n")
         for index in bar:
             x, label = to_float(images[index : index + 1]), int(labels[index])
             try:
-                result = verify_fn(model, x, label, **verify_kwargs)
-                references = _references(model, x, label, result, verify_kwargs, pgd_steps, pgd_restarts)
+                result = verify_fn(model, x, label, options)
+                beside = reference_fn(model, x, label, result, options, pgd_steps, pgd_restarts)
             except Exception as err:
                 raise RuntimeError(
                     f"sample {index} failed ({type(err).__name__}: {err}); the finished rows are kept in {path}; "
                     "fix the cause and rerun the same command to continue"
                 ) from err
-            row = make_row(index, label, result, tightening, references)
+            row = make_row(index, label, result, tightening, beside, columns)
             writer.writerow(row)
             f.flush()
             os.fsync(f.fileno())
@@ -178,5 +184,5 @@ def run_batch(model, images: torch.Tensor, labels: torch.Tensor, indices: range,
             resolved += result.resolved
             bar.set_postfix(resolved=f"{resolved}/{len(times)}", mean_s=f"{sum(times) / len(times):.2f}")
     done = [rows[i] for i in indices if i in rows]
-    return write_summary(done, out, settings)
+    return (summarize_fn or write_summary)(done, out, settings)
 

@@ -19,6 +19,7 @@ from certtrain.verify.batch import RERUN, parse_samples, run_batch
 from certtrain.verify.encoding import SolverOptions
 from certtrain.verify.loading import load_network
 from certtrain.verify.objectives import NORMS
+from certtrain.verify.options import VerifyOptions
 from certtrain.verify.perturbations import FAMILIES
 from certtrain.verify.tightening import check_level
 
@@ -65,14 +66,14 @@ def run_from_config(cfg: DictConfig) -> dict:
         "command": "python verify.py " + " ".join(sys.argv[1:]), "commit": _commit(),
         "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})",
     }
-    verify_kwargs = {
-        "eps": cfg.eps, "objective": cfg.objective, "time_limit": cfg.time_limit, "tightening": cfg.tightening,
-        "perturbation": cfg.perturbation, "norm": cfg.norm, "targets": settings["targets"],
-        "blur_kernel_size": cfg.blur_kernel_size, "tightening_time_limit": cfg.tightening_time_limit,
-        "solver": SolverOptions(threads=cfg.threads),
-    }
+    options = VerifyOptions(
+        eps=cfg.eps, objective=cfg.objective, time_limit=cfg.time_limit, tightening=cfg.tightening,
+        perturbation=cfg.perturbation, norm=cfg.norm, targets=settings["targets"],
+        blur_kernel_size=cfg.blur_kernel_size, tightening_time_limit=cfg.tightening_time_limit,
+        solver=SolverOptions(threads=cfg.threads),
+    )
     summary = run_batch(network, split.images, split.labels, indices, Path(cfg.out), settings=settings,
-                        verify_kwargs=verify_kwargs, rerun=cfg.rerun, pgd_steps=cfg.pgd_steps,
+                        options=options, rerun=cfg.rerun, pgd_steps=cfg.pgd_steps,
                         pgd_restarts=cfg.pgd_restarts)
     log.info(
         "%d samples: clean error %.2f%%, PGD error %.2f%%, exact adversarial error %.2f%% .. %.2f%%, "

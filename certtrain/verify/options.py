@@ -1,0 +1,70 @@
+"""VerifyOptions: every setting of one verify() call, checked when it is made.
+
+    from certtrain.verify import VerifyOptions, verify
+    r = verify(model, x, y, VerifyOptions(eps=0.1, time_limit=60))
+    strict = dataclasses.replace(options, tightening="mip")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from certtrain.verify.encoding import SolverOptions
+from certtrain.verify.objectives import NORMS
+from certtrain.verify.perturbations import FAMILIES
+from certtrain.verify.tightening import check_level
+
+OBJECTIVES = ("robustness", "min_distortion")
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """What to decide (objective over the perturbation set) and how hard to try.
+
+    objective: robustness (any input of the set classified otherwise / as one of `targets`?) or
+    min_distortion (smallest `norm` perturbation inside the set that does so).
+    perturbation: linf (ball of radius eps within [0, 1]) | unrestricted ([0, 1]) | blur (a
+    blur_kernel_size kernel; eps, if given, also bounds the change of every pixel).
+    tightening: ibp | crown | lp | mip, the strongest bound tightening applied before the MILP.
+    pgd_steps / pgd_restarts: the attack tried before the tightened MILP (0 steps: none).
+    crown_dtype: float64 (default) or float32 CROWN bounds (about twice as fast on convolutions,
+    widened by the engine's FLOAT32_SLACK, which the tests check on random networks only).
+    """
+
+    eps: float | None = 0.1
+    objective: str = "robustness"
+    time_limit: float = 120.0  # seconds per sample
+    tightening: str = "lp"
+    perturbation: str = "linf"
+    norm: str = "linf"  # min_distortion: linf | l1
+    targets: tuple[int, ...] | None = None  # None: untargeted
+    blur_kernel_size: int = 3
+    pgd_steps: int = 40
+    pgd_restarts: int = 2
+    tightening_time_limit: float = 1.0  # seconds per LP / MIP bound solve
+    solver: SolverOptions = field(default_factory=SolverOptions)
+    # float64 by default: the MILP takes these bounds as proof margins, and float32's rounding is
+    # only checked (FLOAT32_SLACK) on small random networks, not bounded for every network size.
+    crown_dtype: torch.dtype = torch.float64
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; choose one of {OBJECTIVES}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
+        if self.perturbation not in FAMILIES:
+            raise ValueError(f"unknown perturbation {self.perturbation!r}; choose one of {FAMILIES}")
+        if not self.time_limit > 0 or not self.tightening_time_limit > 0:
+            raise ValueError(
+                f"time_limit ({self.time_limit}) and tightening_time_limit ({self.tightening_time_limit}) "
+                "must be positive seconds"
+            )
+        if self.pgd_steps < 0 or self.pgd_restarts < 0:
+            raise ValueError("pgd_steps and pgd_restarts must be >= 0 (0 steps: no attack)")
+        if self.crown_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"crown_dtype must be torch.float32 or torch.float64, got {self.crown_dtype}")
+        check_level(self.tightening)
+        if self.targets is not None:
+            object.__setattr__(self, "targets", tuple(int(t) for t in self.targets))
