@@ -6,23 +6,37 @@
     python verify.py ... perturbation=blur blur_kernel_size=3 objective=min_distortion eps=null
     python verify.py model=onnx weights=net.onnx ...            # a network exported to ONNX
     python verify.py ... rerun=timeouts time_limit=600          # redo only the timed-out rows
+    python verify.py run=outputs/eps=0.1,method=ibp samples=0:100 out=results/verify_run   # a train.py run
 
 Writes <out>/samples.csv (one row per sample, appended as it goes), summary.md and summary.json.
 """
 
+import logging
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from certtrain.data import DataError
 from certtrain.verify.config import register_configs
+from certtrain.verify.run_folder import quote_path_overrides
 from certtrain.verify.runner import run_from_config
 
 register_configs()
+log = logging.getLogger("verify")
+# Bad input: one line naming the fix, exit 1 (the finished rows of samples.csv stay).
+EXPECTED_ERRORS = (ValueError, DataError, FileNotFoundError)  # UnsupportedNetworkError, RunFolderError: ValueErrors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="verify")
 def main(cfg: DictConfig) -> float:
-    return run_from_config(cfg)["exact_error_upper_pct"]
+    try:
+        return run_from_config(cfg)["exact_error_upper_pct"]
+    except EXPECTED_ERRORS as err:
+        log.error("%s: %s", type(err).__name__, err)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
+    sys.argv = quote_path_overrides(sys.argv)  # run=outputs/eps=0.1,method=ibp works unquoted
     main()

@@ -87,6 +87,12 @@ def _check_settings(out: Path, settings: dict) -> None:
     path = out / "run.json"
     if path.is_file():
         saved = json.loads(path.read_text())
+        if "weights_sha256" in settings and saved.get("weights_sha256") != settings["weights_sha256"]:
+            raise ValueError(
+                f"{out} holds results of another network (weights sha256 {str(saved.get('weights_sha256'))[:12]} "
+                f"there, {settings['weights_sha256'][:12]} now): two networks' rows never share a CSV; "
+                "choose a fresh out= folder"
+            )
         differ = {k: (saved.get(k), v) for k, v in settings.items() if k not in RESUMABLE and saved.get(k) != v}
         if differ:
             raise ValueError(

@@ -17,8 +17,9 @@ class VerifyConfig:
     model: Any = field(default_factory=lambda: {"name": "wk17a"})  # conf/model group (name: ...) or onnx
     dataset: Any = field(default_factory=lambda: {"name": "mnist"})  # conf/dataset group
     weights: Optional[str] = None  # state_dict, train.py checkpoint, or .onnx file (model=onnx)
+    run: Optional[str] = None  # a train.py run folder: network, dataset and eps from its checkpoint
     data_dir: str = "data"
-    eps: Optional[float] = 0.1  # L-inf radius in pixel units [0, 1]; null with unrestricted / blur
+    eps: Optional[float] = None  # L-inf radius in pixel units [0, 1]; null: the run's eps (run=), or none
     samples: str = "0:100"  # test indices first:stop (stop excluded)
     out: str = "results/verify"
     objective: str = "robustness"  # robustness | min_distortion

@@ -13,6 +13,7 @@ import highspy
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from certtrain.checkpoints import weights_hash
 from certtrain.data import load_split
 from certtrain.verify.api import OBJECTIVES
 from certtrain.verify.batch import RERUN, parse_samples, run_batch
@@ -20,6 +21,7 @@ from certtrain.verify.encoding import SolverOptions
 from certtrain.verify.loading import load_network
 from certtrain.verify.objectives import NORMS
 from certtrain.verify.options import VerifyOptions
+from certtrain.verify.run_folder import RunFolderError, read_run
 from certtrain.verify.perturbations import FAMILIES
 from certtrain.verify.tightening import check_level
 
@@ -39,8 +41,9 @@ def check_config(cfg: DictConfig) -> None:
     """Range checks a type cannot express; each message names the key and the fix."""
     if cfg.eps is not None and not 0.0 <= cfg.eps <= 1.0:
         raise ValueError(f"eps={cfg.eps} lies outside [0, 1] (pixel units); pass e.g. eps=0.1")
-    if cfg.eps is None and cfg.perturbation == "linf":
-        raise ValueError("perturbation=linf needs eps; pass eps=<radius> or perturbation=unrestricted")
+    if cfg.eps is None and cfg.perturbation == "linf" and not cfg.run:
+        raise ValueError("perturbation=linf needs eps; pass eps=<radius>, run=<train.py run folder> (its eps) "
+                         "or perturbation=unrestricted")
     choices = {"objective": OBJECTIVES, "norm": NORMS, "perturbation": FAMILIES, "rerun": RERUN}
     for key, allowed in choices.items():
         if cfg[key] not in allowed:
@@ -50,15 +53,45 @@ def check_config(cfg: DictConfig) -> None:
         raise ValueError("time_limit and tightening_time_limit must be positive seconds")
 
 
+def _explicit_overrides() -> set[str]:
+    """Keys the user set on the command line (empty outside a Hydra job)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    return {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
+
+
+def _network_source(cfg: DictConfig) -> tuple[str, str, str, str | None, float | None, str | None]:
+    """(model, stats dataset, dataset, weights, eps, run folder) from run= or from model= / dataset= / weights=."""
+    if not cfg.run:
+        dataset = cfg.dataset.name
+        stats = dataset if dataset in ("mnist", "fashion_mnist", "cifar10") else "mnist"
+        return cfg.model.name, stats, dataset, cfg.weights, cfg.eps, None
+    clash = _explicit_overrides() & {"model", "dataset", "weights"}
+    if clash or cfg.weights:
+        raise RunFolderError(f"run={cfg.run} decides the network, so {sorted(clash) or ['weights']} must not be "
+                             "given too; drop them, or drop run= and pass model=, dataset= and weights=")
+    trained = read_run(cfg.run)
+    eps = trained.eps if cfg.eps is None else cfg.eps
+    if eps > trained.eps_train:
+        log.warning("eps=%g is above the radius the run was trained at (eps_train=%g): verifying anyway, but "
+                    "expect few robust samples", eps, trained.eps_train)
+    log.info("run %s: %s on %s, eps %g (trained at %g), weights sha256 %s", trained.folder, trained.model,
+             trained.dataset, eps, trained.eps_train, trained.weights_sha256[:12])
+    return trained.model, trained.stats, trained.dataset, str(trained.checkpoint), eps, str(trained.folder)
+
+
 def run_from_config(cfg: DictConfig) -> dict:
     check_config(cfg)
     torch.set_num_threads(cfg.threads)
-    model_name, dataset = cfg.model.name, cfg.dataset.name
-    network = load_network(model_name, cfg.weights, dataset if dataset in ("mnist", "fashion_mnist", "cifar10") else "mnist")
+    model_name, stats, dataset, weights, eps, run_folder = _network_source(cfg)
+    network = load_network(model_name, weights, stats)
     split = load_split(dataset, "test", cfg.data_dir)
     indices = parse_samples(cfg.samples, len(split))
     settings = {
-        "model": model_name, "weights": cfg.weights, "dataset": dataset, "eps": cfg.eps,
+        "model": model_name, "weights": weights, "run": run_folder,
+        "weights_sha256": weights_hash(network.state_dict()), "dataset": dataset, "eps": eps,
         "objective": cfg.objective, "norm": cfg.norm, "perturbation": cfg.perturbation,
         "blur_kernel_size": cfg.blur_kernel_size, "targets": OmegaConf.to_object(cfg.targets) if cfg.targets else None,
         "tightening": cfg.tightening, "time_limit": cfg.time_limit, "pgd_steps": cfg.pgd_steps,
@@ -67,7 +100,7 @@ def run_from_config(cfg: DictConfig) -> dict:
         "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})",
     }
     options = VerifyOptions(
-        eps=cfg.eps, objective=cfg.objective, time_limit=cfg.time_limit, tightening=cfg.tightening,
+        eps=eps, objective=cfg.objective, time_limit=cfg.time_limit, tightening=cfg.tightening,
         perturbation=cfg.perturbation, norm=cfg.norm, targets=settings["targets"],
         blur_kernel_size=cfg.blur_kernel_size, tightening_time_limit=cfg.tightening_time_limit,
         solver=SolverOptions(threads=cfg.threads),
