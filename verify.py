@@ -7,6 +7,7 @@
     python verify.py model=onnx weights=net.onnx ...            # a network exported to ONNX
     python verify.py ... rerun=timeouts time_limit=600          # redo only the timed-out rows
     python verify.py run=outputs/eps=0.1,method=ibp samples=0:100 out=results/verify_run   # a train.py run
+    python verify.py mode=ladder run=outputs/<run> samples=0:200 out=results/ladder/<name>  # every certifier
 
 Writes <out>/samples.csv (one row per sample, appended as it goes), summary.md and summary.json.
 """
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 
 from certtrain.data import DataError
 from certtrain.verify.config import register_configs
+from certtrain.verify.ladder import LadderViolation
 from certtrain.verify.run_folder import quote_path_overrides
 from certtrain.verify.runner import run_from_config
 
@@ -35,6 +37,9 @@ def main(cfg: DictConfig) -> float:
     except EXPECTED_ERRORS as err:
         log.error("%s: %s", type(err).__name__, err)
         sys.exit(1)
+    except LadderViolation as err:  # a bug, not bad input: everything is written, the exit says so
+        log.error("%s: %s", type(err).__name__, err)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

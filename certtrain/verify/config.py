@@ -22,6 +22,7 @@ class VerifyConfig:
     eps: Optional[float] = None  # L-inf radius in pixel units [0, 1]; null: the run's eps (run=), or none
     samples: str = "0:100"  # test indices first:stop (stop excluded)
     out: str = "results/verify"
+    mode: str = "verify"  # verify | ladder (every certifier beside the exact answer, certtrain/verify/ladder.py)
     objective: str = "robustness"  # robustness | min_distortion
     norm: str = "linf"  # min_distortion: linf | l1
     perturbation: str = "linf"  # linf | unrestricted | blur

@@ -18,6 +18,7 @@ from certtrain.data import load_split
 from certtrain.verify.api import OBJECTIVES
 from certtrain.verify.batch import RERUN, parse_samples, run_batch
 from certtrain.verify.encoding import SolverOptions
+from certtrain.verify.ladder import LADDER_COLUMNS, ladder_references, write_ladder
 from certtrain.verify.loading import load_network
 from certtrain.verify.objectives import NORMS
 from certtrain.verify.options import VerifyOptions
@@ -26,6 +27,11 @@ from certtrain.verify.perturbations import FAMILIES
 from certtrain.verify.tightening import check_level
 
 log = logging.getLogger(__name__)
+# mode -> what run_batch computes beside the exact answer, and how it summarises
+MODES = {
+    "verify": {},
+    "ladder": {"reference_fn": ladder_references, "columns": LADDER_COLUMNS, "summarize_fn": write_ladder},
+}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -44,11 +50,14 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.eps is None and cfg.perturbation == "linf" and not cfg.run:
         raise ValueError("perturbation=linf needs eps; pass eps=<radius>, run=<train.py run folder> (its eps) "
                          "or perturbation=unrestricted")
-    choices = {"objective": OBJECTIVES, "norm": NORMS, "perturbation": FAMILIES, "rerun": RERUN}
+    choices = {"mode": MODES, "objective": OBJECTIVES, "norm": NORMS, "perturbation": FAMILIES, "rerun": RERUN}
     for key, allowed in choices.items():
         if cfg[key] not in allowed:
             raise ValueError(f"{key}={cfg[key]} is not one of {list(allowed)}")
     check_level(cfg.tightening)
+    if cfg.mode == "ladder" and (cfg.objective != "robustness" or cfg.perturbation != "linf"):
+        raise ValueError("mode=ladder compares certificates of L-inf robustness: use objective=robustness "
+                         "perturbation=linf, or mode=verify")
     if cfg.time_limit <= 0 or cfg.tightening_time_limit <= 0:
         raise ValueError("time_limit and tightening_time_limit must be positive seconds")
 
@@ -94,7 +103,7 @@ def run_from_config(cfg: DictConfig) -> dict:
         "weights_sha256": weights_hash(network.state_dict()), "dataset": dataset, "eps": eps,
         "objective": cfg.objective, "norm": cfg.norm, "perturbation": cfg.perturbation,
         "blur_kernel_size": cfg.blur_kernel_size, "targets": OmegaConf.to_object(cfg.targets) if cfg.targets else None,
-        "tightening": cfg.tightening, "time_limit": cfg.time_limit, "pgd_steps": cfg.pgd_steps,
+        "mode": cfg.mode, "tightening": cfg.tightening, "time_limit": cfg.time_limit, "pgd_steps": cfg.pgd_steps,
         "pgd_restarts": cfg.pgd_restarts, "threads": cfg.threads, "highs": highspy.Highs().version(),
         "command": "python verify.py " + " ".join(sys.argv[1:]), "commit": _commit(),
         "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})",
@@ -107,7 +116,7 @@ def run_from_config(cfg: DictConfig) -> dict:
     )
     summary = run_batch(network, split.images, split.labels, indices, Path(cfg.out), settings=settings,
                         options=options, rerun=cfg.rerun, pgd_steps=cfg.pgd_steps,
-                        pgd_restarts=cfg.pgd_restarts)
+                        pgd_restarts=cfg.pgd_restarts, **MODES[cfg.mode])
     log.info(
         "%d samples: clean error %.2f%%, PGD error %.2f%%, exact adversarial error %.2f%% .. %.2f%%, "
         "mean %.2f s per sample; summary in %s",
