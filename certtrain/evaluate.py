@@ -7,6 +7,7 @@ verified error an upper bound. Certifiers are entries of CERTIFIERS keyed by nam
 
 from __future__ import annotations
 
+import time
 from typing import Callable, Iterable
 
 import torch
@@ -70,7 +71,9 @@ def evaluate(
     num_classes: int = 10,
     world: World = SINGLE,
 ) -> dict:
-    """{"clean_err": e, "pgd_err": {eps: e}, "verified_err": {bound: {eps: e}}} with eps keys %g.
+    """{"clean_err": e, "pgd_err": {eps: e}, "verified_err": {bound: {eps: e}},
+    "certify_seconds": {bound: s}} with eps keys %g; certify_seconds is each certifier's time over
+    the split (all radii; summed over ranks under torchrun).
 
     The model is put in eval mode (BatchNorm uses running statistics) and left in it. Under
     torchrun (`world`) each rank evaluates its shard of the split and the counts are summed.
@@ -84,6 +87,7 @@ def evaluate(
     generator = torch.Generator(device=device).manual_seed(seed)  # PGD restarts reproducible
     # counts[0]: misclassified; counts[1 + i]: attacked at eps_grid[i]; then uncertified per bound and radius
     counts = torch.zeros(1 + len(eps_grid) * (1 + len(bounds)), dtype=torch.long, device=device)
+    seconds = [0.0] * len(bounds)
     begin, end = world.shard(len(split))
     for start in range(begin, end, batch_size):
         stop = min(start + batch_size, end)
@@ -100,9 +104,13 @@ def evaluate(
             counts[1 + i] += found.sum()
             with torch.no_grad():
                 for b, bound in enumerate(bounds):
+                    start_time = time.perf_counter()
                     certified = CERTIFIERS[bound](model, x, y, eps, num_classes)
                     counts[1 + len(eps_grid) * (1 + b) + i] += (~certified).sum()
+                    _wait_for(device)  # the cost of the certifier, not of its launch
+                    seconds[b] += time.perf_counter() - start_time
     counts = sum_over_ranks(counts, world).tolist()
+    seconds = sum_over_ranks(torch.tensor(seconds, dtype=torch.float64, device=device), world).tolist()
     total = max(len(split), 1)
     radius = [eps_key(e) for e in eps_grid]
     return {
@@ -112,4 +120,10 @@ def evaluate(
             bound: {r: counts[1 + len(eps_grid) * (1 + b) + i] / total for i, r in enumerate(radius)}
             for b, bound in enumerate(bounds)
         },
+        "certify_seconds": {bound: round(seconds[b], 3) for b, bound in enumerate(bounds)},
     }
+
+
+def _wait_for(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)

@@ -25,13 +25,15 @@ class NullWriter:
 
 
 def log_eval_scalars(writer: SummaryWriter, metrics: dict, step: int) -> None:
-    """val/clean_err, val/pgd_err/eps_<e>, val/verified_err/<bound>/eps_<e>."""
+    """val/clean_err, val/pgd_err/eps_<e>, val/verified_err/<bound>/eps_<e>, cost/certify_seconds/<bound>."""
     writer.add_scalar("val/clean_err", metrics["clean_err"], step)
     for eps, err in metrics["pgd_err"].items():
         writer.add_scalar(f"val/pgd_err/eps_{eps}", err, step)
     for bound, curve in metrics["verified_err"].items():
         for eps, err in curve.items():
             writer.add_scalar(f"val/verified_err/{bound}/eps_{eps}", err, step)
+    for bound, seconds in metrics.get("certify_seconds", {}).items():
+        writer.add_scalar(f"cost/certify_seconds/{bound}", seconds, step)
 
 
 def log_hparams(writer: SummaryWriter, hparam_dict: dict, final_metrics: dict) -> None:

@@ -79,6 +79,24 @@ def test_cli_single_run_writes_the_contracted_outputs(data_dir, tmp_path):
     assert metrics["method"] == "gm_crown_ibp"
 
 
+def test_final_evaluation_may_use_alpha_crown_and_logs_each_certifiers_cost(data_dir, tmp_path):
+    cfg = compose_config("method=ibp", *TINY, f"data_dir={data_dir}", "eval.every=0",
+                         "eval.final_bounds=[ibp,crown-ibp,alpha-crown]")
+    metrics = train(cfg, run_dir=tmp_path)
+    assert set(metrics["verified_err"]) == {"ibp", "crown-ibp", "alpha-crown"}
+    for eps, ibp in metrics["verified_err"]["ibp"].items():
+        assert metrics["pgd_err"][eps] <= metrics["verified_err"]["alpha-crown"][eps] <= ibp  # alpha >= IBP bound
+    assert set(metrics["certify_seconds"]) == {"ibp", "crown-ibp", "alpha-crown"}
+    assert metrics["certify_seconds"]["alpha-crown"] > metrics["certify_seconds"]["ibp"] > 0
+    assert {f"cost/certify_seconds/{b}" for b in ("ibp", "crown-ibp", "alpha-crown")} <= scalar_tags(tmp_path)
+
+
+def test_unknown_final_certifier_is_a_config_error(data_dir, tmp_path):
+    cfg = compose_config("method=ibp", *TINY, f"data_dir={data_dir}", "eval.final_bounds=[ibp,beta-crown]")
+    with pytest.raises(ConfigError, match="eval.final_bounds entry.*beta-crown"):
+        train(cfg, run_dir=tmp_path)
+
+
 @pytest.mark.slow
 def test_multirun_trains_every_method_in_folders_named_by_overrides(data_dir, tmp_path):
     sweep = tmp_path / "sweep"
