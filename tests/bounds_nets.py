@@ -73,13 +73,25 @@ def random_conv_net(kind: str, generator: torch.Generator) -> tuple[nn.Sequentia
             nn.Linear(6, 8), GroupSort(2), nn.Linear(8, 8), GroupSort(4), nn.Linear(8, 8), GroupSort(2), nn.Linear(8, 4)
         )
         return model, (6,)
+    if kind == "maxpool":  # overlapping, padded and plain windows
+        model = nn.Sequential(
+            nn.Conv2d(1, 3, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(3, stride=1, padding=1),
+            nn.Conv2d(3, 4, 3, stride=1),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 2 * 2, 4),
+        )
+        return model, (1, 6, 6)
     if kind == "nested":
         inner = nn.Sequential(nn.Linear(6, 10), nn.ReLU())
         return nn.Sequential(nn.Sequential(inner, nn.Linear(10, 10)), nn.ReLU(), nn.Linear(10, 3)), (6,)
     raise ValueError(kind)
 
 
-KINDS = ("mlp", "conv", "batchnorm", "groupsort", "nested")
+KINDS = ("mlp", "conv", "batchnorm", "groupsort", "maxpool", "nested")
 
 
 def init_random(model: nn.Module, generator: torch.Generator) -> None:

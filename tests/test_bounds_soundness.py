@@ -139,6 +139,28 @@ def test_float32_bounds_stay_within_the_documented_slack_of_float64(kind):
         assert (lower64[certified(lower32)] > 0).all()
 
 
+@pytest.mark.parametrize("method", ("crown-ibp", "crown", "alpha-crown"))
+def test_maxpool_relaxation_is_exact_on_a_point_box(method):
+    # A zero-width box: every window has a dominating input, so max-pooling is linear there and
+    # the backward bound must equal the network's value.
+    model, x_L, _, _ = random_case("maxpool", 2)
+    model = model.double()
+    x = x_L.double()
+    lower, upper = compute_bounds(model, x, x, method=method)
+    with torch.no_grad():
+        torch.testing.assert_close(lower, model(x), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(upper, model(x), rtol=1e-10, atol=1e-10)
+
+
+def test_maxpool_backward_bound_is_tighter_than_intervals_on_small_boxes():
+    model, x_L, x_U, _ = random_case("maxpool", 1)
+    center = (x_L + x_U) / 2
+    x_L, x_U = center - 0.02, center + 0.02  # at large radii CROWN may be looser than IBP
+    ibp = compute_bounds(model, x_L, x_U, method="ibp")
+    crown = compute_bounds(model, x_L, x_U, method="crown")
+    assert ((crown[1] - crown[0]).mean() < (ibp[1] - ibp[0]).mean())
+
+
 def test_certified_requires_every_margin_above_the_slack():
     lower = torch.tensor([[0.5, 1.0], [0.5, -0.1], [1e-7, 2.0]])
     assert certified(lower).tolist() == [True, False, False]

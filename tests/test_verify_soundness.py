@@ -152,3 +152,23 @@ def test_float64_models_get_float64_witnesses_inside_the_ball():
     assert r.status == "adversarial" and r.adversarial.dtype == torch.float64
     assert float((r.adversarial - x).abs().max()) <= 0.3  # exactly, in float64
     assert net(r.adversarial).argmax().item() != label
+
+
+def test_maxpool_networks_get_crown_bounds_through_the_pooling():
+    # The engine bounds max-pooling itself (DeepPoly's relaxation): the layers after the pool get
+    # CROWN bounds inside the interval ones, and tighter somewhere.
+    from certtrain.verify.network import network_steps
+    from certtrain.verify.perturbations import make_domain
+    from certtrain.verify.tightening import engine_bounds
+
+    net = conv_maxpool(1)
+    x = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    domain = make_domain(x, "linf", 0.1, 3)
+    steps = network_steps(net, domain.shape)
+    ibp = engine_bounds(steps, domain.box_lower, domain.box_upper, "ibp")
+    crown = engine_bounds(steps, domain.box_lower, domain.box_upper, "crown")
+    pool = next(i for i, layer in enumerate(net) if isinstance(layer, nn.MaxPool2d))
+    for (il, iu), (cl, cu) in zip(ibp, crown):
+        assert (cl >= il - 1e-9).all() and (cu <= iu + 1e-9).all()
+    after = [(iu - il).sum() - (cu - cl).sum() for (il, iu), (cl, cu) in zip(ibp[pool + 2:], crown[pool + 2:])]
+    assert max(after) > 1e-3

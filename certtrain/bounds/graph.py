@@ -11,13 +11,14 @@ from certtrain.bounds.ops import (
     FlattenOp,
     GroupSortOp,
     LinearOp,
+    MaxPoolOp,
     ReLUOp,
     ScaleShiftOp,
 )
 from certtrain.models.layers import GroupSort, Normalize
 
 SUPPORTED = (
-    "Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d, AvgPool2d, Identity, Dropout, Normalize, GroupSort"
+    "Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d, AvgPool2d, MaxPool2d, Identity, Dropout, Normalize, GroupSort"
 )
 
 
@@ -93,6 +94,12 @@ def _make_op(index, layer, layer_input):
         if pair(layer.padding) != (0, 0) or layer.ceil_mode or layer.divisor_override is not None:
             _unsupported(index, layer, "only AvgPool2d without padding, ceil_mode or divisor_override")
         return AvgPoolOp(pair(layer.kernel_size), pair(layer.stride))
+    if isinstance(layer, nn.MaxPool2d):
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        if pair(layer.dilation) != (1, 1) or layer.ceil_mode or layer.return_indices:
+            _unsupported(index, layer, "only MaxPool2d with dilation 1, ceil_mode=False, return_indices=False")
+        return MaxPoolOp(pair(layer.kernel_size), pair(layer.stride if layer.stride is not None else layer.kernel_size),
+                         pair(layer.padding))
     if isinstance(layer, GroupSort):
         return GroupSortOp(layer.group_size)
     _unsupported(index, layer)

@@ -260,3 +260,57 @@ class GroupSortOp:
         A_in = torch.stack((A_max - coeff_d, A_min + coeff_d), dim=3)
         A_in = A_in.reshape(A_in.shape[0], *A.shape[1:])  # batch grows from 1 where A was shared
         return A_in, _sum_rows(gain_neg * d_intercept.unsqueeze(1))
+
+
+class MaxPoolOp:
+    """MaxPool2d (zero dilation, floor mode; any padding, which never wins the max).
+
+    Interval: exact, max of the lower and max of the upper bounds. Backward relaxation of
+    y = max_{i in window} x_i, DeepPoly's (Singh et al. 2019): with i* the input of largest lower
+    bound, y >= x_i* below; above, y = x_i* when that input dominates (l_i* >= u_i for every
+    other i), else the constant y <= max_i u_i. Both sides are sound on the input box.
+    """
+
+    def __init__(self, kernel_size, stride, padding):
+        self.kernel, self.stride, self.padding = kernel_size, stride, padding
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel, self.stride, self.padding)
+
+    def interval(self, lower, upper):
+        return self.forward(lower), self.forward(upper)
+
+    def _windows(self, t):
+        """(B, C, K, L): the K = kh * kw inputs of each of the L output positions; padding -inf."""
+        (ph, pw), (kh, kw) = self.padding, self.kernel
+        padded = F.pad(t, (pw, pw, ph, ph), value=float("-inf"))
+        batch, channels = t.shape[:2]
+        return F.unfold(padded, (kh, kw), stride=self.stride).reshape(batch, channels, kh * kw, -1)
+
+    def _positions(self, like):
+        """(1, 1, K, L) flat input index of every window entry (padding: 0, never chosen)."""
+        _, h, w = self.in_shape
+        index = torch.arange(h * w, device=like.device, dtype=like.dtype).reshape(1, 1, h, w)
+        (ph, pw), (kh, kw) = self.padding, self.kernel
+        padded = F.pad(index, (pw, pw, ph, ph), value=0.0)
+        return F.unfold(padded, (kh, kw), stride=self.stride).reshape(1, 1, kh * kw, -1).long()
+
+    def backward(self, A, in_bounds):
+        lower, upper = in_bounds
+        low_w, up_w = self._windows(lower), self._windows(upper)
+        best_lower, star = low_w.max(dim=2, keepdim=True)
+        others = up_w.scatter(2, star, float("-inf")).amax(dim=2, keepdim=True)
+        dominant = (best_lower >= others).squeeze(2)  # (B, C, L): y = x_i* exactly
+        top = up_w.amax(dim=2)  # (B, C, L)
+        source = self._positions(lower).expand(lower.shape[0], lower.shape[1], -1, -1).gather(2, star).squeeze(2)
+        rows = A.shape[1]
+        batch = max(A.shape[0], lower.shape[0])
+        A_out = A.expand(batch, *A.shape[1:]).flatten(3)  # (B, S, C, L)
+        A_pos, A_neg = A_out.clamp(min=0), A_out.clamp(max=0)
+        dominant = dominant.unsqueeze(1)
+        coefficient = A_pos + torch.where(dominant, A_neg, torch.zeros_like(A_neg))
+        bias = (torch.where(dominant, torch.zeros_like(A_neg), A_neg) * top.unsqueeze(1)).flatten(2).sum(-1)
+        channels, h, w = self.in_shape
+        A_in = A_out.new_zeros(batch, rows, channels, h * w)
+        A_in.scatter_add_(3, source.unsqueeze(1).expand(-1, rows, -1, -1), coefficient)
+        return A_in.reshape(batch, rows, channels, h, w), bias

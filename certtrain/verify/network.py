@@ -171,7 +171,3 @@ def network_steps(model: nn.Module, input_shape: tuple[int, ...]) -> list[Step]:
 def model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype the model computes in (float32 when it has no parameters)."""
     return next((p.dtype for p in model.parameters()), torch.float32)
-
-
-def has_maxpool(steps: list[Step]) -> bool:
-    return any(isinstance(step.op, MaxPool) for step in steps)

@@ -3,28 +3,21 @@ PGD error (a lower bound on adversarial error) and IBP / CROWN verified error (u
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from certtrain.attacks import pgd_attack
 from certtrain.bounds import certified, compute_bounds, margin_spec
-from certtrain.verify.network import has_maxpool, model_dtype, network_steps
+from certtrain.verify.network import model_dtype
 from certtrain.verify.perturbations import InputDomain
-from certtrain.verify.tightening import engine_bounds
 
 
 def bound_verified(model: nn.Module, domain: InputDomain, label: int, method: str) -> bool:
     """Every margin f_y - f_j has a positive lower bound by `method` (ibp | crown) on the input box.
 
     Computed in float32 and decided with the engine's float32 slack (`certified`), as training
-    evaluation does. The engine has no max-pooling rule: such networks use the piecewise bounds
-    of the logits.
+    evaluation does.
     """
-    steps = network_steps(model, domain.shape)
-    if has_maxpool(steps):
-        lower, upper = engine_bounds(steps, domain.box_lower, domain.box_upper, method, torch.float32)[-1]
-        return bool(np.all(lower[label] - np.delete(upper, label) > 0))
     shape = (1, *domain.shape)
     dtype = model_dtype(model)
     x_L = torch.from_numpy(domain.box_lower.reshape(shape)).to(dtype)

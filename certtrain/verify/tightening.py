@@ -1,10 +1,9 @@
 """Progressive bound tightening: interval (IBP) -> CROWN (the bound engine) -> LP -> MIP.
 
 Tighter pre-activation bounds make more ReLUs stable (no binary) and the remaining big-M
-constraints tighter. The first two levels come from `certtrain.bounds.intermediate_bounds`;
-the engine has no MaxPool2d rule, so a network with max-pooling is bounded piecewise: the engine
-runs on each max-pool-free segment and the pooling itself is bounded by intervals (max of lower
-bounds, max of upper bounds). The LP and MIP levels solve, for every ReLU still unstable, max and
+constraints tighter. The first two levels come from `certtrain.bounds.intermediate_bounds`
+over the whole network (max-pooling included: its input gets CROWN bounds and the pooling
+DeepPoly's relaxation, certtrain.bounds.ops.MaxPoolOp). The LP and MIP levels solve, for every ReLU still unstable, max and
 min of its input over the relaxation (LP) or the exact model (MIP) of the layers before it.
 """
 
@@ -18,7 +17,7 @@ from torch import nn
 
 from certtrain.bounds import FLOAT32_SLACK, intermediate_bounds
 from certtrain.verify.encoding import Milp
-from certtrain.verify.network import MaxPool, Step
+from certtrain.verify.network import Step
 
 LEVELS = ("ibp", "crown", "lp", "mip")
 
@@ -27,12 +26,6 @@ def check_level(level: str) -> str:
     if level not in LEVELS:
         raise ValueError(f"unknown tightening {level!r}; choose one of {LEVELS}")
     return level
-
-
-def _pool_interval(windows: np.ndarray, lower: np.ndarray, upper: np.ndarray):
-    padded_l = np.where(windows >= 0, lower[np.maximum(windows, 0)], -np.inf)
-    padded_u = np.where(windows >= 0, upper[np.maximum(windows, 0)], -np.inf)
-    return padded_l.max(axis=1), padded_u.max(axis=1)
 
 
 def _padded(bound: torch.Tensor, direction: float) -> np.ndarray:
@@ -51,28 +44,15 @@ def engine_bounds(steps: list[Step], box_lower: np.ndarray, box_upper: np.ndarra
     and widens every bound by FLOAT32_SLACK * (1 + |b|), the gap to the float64 bound that the
     engine's tests guarantee.
     """
-    bounds = [None] * (len(steps) + 1)
-    lower, upper = box_lower, box_upper
-    start = 0
-    for end in [i for i, s in enumerate(steps) if isinstance(s.op, MaxPool)] + [len(steps)]:
-        if end > start:
-            shape = (1, *steps[start].in_shape)
-            x_L = torch.from_numpy(lower.reshape(shape)).to(dtype)
-            x_U = torch.from_numpy(upper.reshape(shape)).to(dtype)
-            segment = nn.Sequential(*[s.layer for s in steps[start:end]])
-            with torch.no_grad():
-                # The MILP intersects CROWN with interval bounds anyway: refining only the
-                # interval-unstable neurons gives the same or tighter bounds at a fraction of the cost.
-                result = intermediate_bounds(segment, x_L, x_U, method=method, only_unstable=method == "crown")
-            for offset, (l, u) in enumerate(result):
-                bounds[start + offset] = (_padded(l, -1.0), _padded(u, 1.0))
-        else:
-            bounds[start] = (lower, upper)
-        if end < len(steps):
-            lower, upper = _pool_interval(steps[end].op.windows, *bounds[end])
-            start = end + 1
-            bounds[start] = (lower, upper)
-    return bounds
+    shape = (1, *steps[0].in_shape)
+    x_L = torch.from_numpy(box_lower.reshape(shape)).to(dtype)
+    x_U = torch.from_numpy(box_upper.reshape(shape)).to(dtype)
+    with torch.no_grad():
+        # The MILP intersects CROWN with interval bounds anyway: refining only the
+        # interval-unstable neurons gives the same or tighter bounds at a fraction of the cost.
+        result = intermediate_bounds(nn.Sequential(*[s.layer for s in steps]), x_L, x_U, method=method,
+                                     only_unstable=method == "crown")
+    return [(_padded(l, -1.0), _padded(u, 1.0)) for l, u in result]
 
 
 def intersect(first, second):
