@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
+
+from certtrain.lipschitz.losses import LOSSES as LIPSCHITZ_LOSSES
 
 class Choice(str, Enum):
     """A closed set of string values: a bad value fails while Hydra composes the config, naming
@@ -32,7 +34,7 @@ RampShape = Choice("RampShape", {name: name for name in ("linear", "smoothed")})
 GMWeights = Choice("GMWeights", {n: n for n in ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")})
 GMEstimator = Choice("GMEstimator", {name: name for name in ("all", "sampled", "stratified")})
 DatasetName = Choice("DatasetName", {name: name for name in ("mnist", "fashion_mnist", "cifar10", "mnist5k")})
-LipschitzLoss = Choice("LipschitzLoss", {name: name for name in ("ce", "hinge")})
+LipschitzLoss = Choice("LipschitzLoss", {name: name for name in LIPSCHITZ_LOSSES})
 
 DEVICES = tuple(c.value for c in Device)
 RAMP_SHAPES = tuple(c.value for c in RampShape)
@@ -53,8 +55,9 @@ class MethodConfig:
     kappa_final: float = 0.5  # weight of the clean CE at the end of the ramp (starts at 1)
     beta_start: float = 1.0  # CROWN-IBP mixing: beta * CROWN-IBP + (1 - beta) * IBP bounds
     beta_final: float = 0.0
-    # method=lipschitz only: margin-aware loss on the Lipschitz-certified margins (certtrain.lipschitz_method)
-    lipschitz_loss: LipschitzLoss = LipschitzLoss.ce  # ce (cross-entropy with temperature) | hinge
+    # method=lipschitz only: margin-aware loss on the Lipschitz-certified margins (certtrain.lipschitz.losses)
+    # ce (cross-entropy with temperature) | hinge | dynamic_hinge (margin: half the distance to the other class)
+    lipschitz_loss: LipschitzLoss = LipschitzLoss.ce
     temperature: float = 1.0  # ce: CE(T * margins) / T; Lipschitz nets need T >> 1
     hinge_margin: float = 0.1  # hinge: relu(hinge_margin - smallest certified margin)
     # crown_ibp / gm_crown_ibp: bound the CE itself from one backward row per sample (certtrain.bounds.fusion)
@@ -63,7 +66,10 @@ class MethodConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "dm_small"  # mlp | dm_small | dm_medium | dm_large | cnn7 | wk17a
+    name: str = "dm_small"  # mlp | dm_small | dm_medium | dm_large | cnn7 | wk17a | lipschitz_mlp(_large)
+    # Keyword arguments of the architecture's builder (+model.options.width=1024), e.g. for lipschitz_mlp: width, depth,
+    # group_size (2 or full), vectorwise (eq. 2.8 or 2.7), budget (clip | scale), mode (direct | project).
+    options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,11 +168,16 @@ def _check_choice(key: str, value: str, choices) -> None:
         raise ConfigError(f"{key}={value!r} is not known; choose one of {', '.join(choices)}")
 
 
+FREE_FORM_KEYS = ("model.options",)  # the builder checks these (a bad one is a ConfigError at build time)
+
+
 def _unknown_keys(cfg: Any, schema: Any, prefix: str = "") -> list[str]:
     unknown = []
     for key in cfg.keys():
         if key not in schema:
             unknown.append(prefix + str(key))
+        elif f"{prefix}{key}" in FREE_FORM_KEYS:
+            continue
         elif OmegaConf.is_dict(schema[key]) and OmegaConf.is_dict(cfg[key]):
             unknown += _unknown_keys(cfg[key], schema[key], f"{prefix}{key}.")
     return unknown
@@ -226,7 +237,7 @@ def check_config(cfg: Any, methods=None, certifiers=EVAL_BOUNDS) -> None:
         raise ConfigError(f"lr={cfg.lr} must be positive")
     if cfg.schedule.warmup_epochs < 0 or cfg.schedule.ramp_epochs < 0:
         raise ConfigError("schedule.warmup_epochs and schedule.ramp_epochs must be >= 0")
-    _check_choice("method.lipschitz_loss", cfg.method.lipschitz_loss, ("ce", "hinge"))
+    _check_choice("method.lipschitz_loss", cfg.method.lipschitz_loss, LIPSCHITZ_LOSSES)
     if cfg.method.temperature <= 0:
         raise ConfigError(f"method.temperature={cfg.method.temperature} must be positive")
     for key in ("kappa_final", "beta_start", "beta_final"):

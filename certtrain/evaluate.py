@@ -16,6 +16,7 @@ from torch import nn
 from certtrain.attacks import pgd_attack
 from certtrain.data import Split, to_float
 from certtrain.distributed import SINGLE, World, sum_over_ranks
+from certtrain.lipschitz import method as lipschitz_method
 from certtrain.losses import input_box
 from certtrain.precision import certifier
 
@@ -41,16 +42,10 @@ CERTIFIERS: dict[str, Certifier] = {
 }
 
 
-def _lipschitz_certifier(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int
-) -> torch.Tensor:
-    """Certified by the Lipschitz bound of the network or by IBP / CROWN-IBP (any sound method)."""
-    from certtrain.lipschitz_method import certify_any
+CERTIFIERS[lipschitz_method.CERTIFIER_NAME] = certifier(lipschitz_method.certifier)
 
-    return certify_any(model, x, y, eps, num_classes)
-
-
-CERTIFIERS["lipschitz"] = certifier(_lipschitz_certifier)
+# Certifiers a method brings with it: added to every evaluation of a run of that method.
+METHOD_CERTIFIERS: dict[str, tuple[str, ...]] = {"lipschitz": (lipschitz_method.CERTIFIER_NAME,)}
 
 
 def eps_key(eps: float) -> str:

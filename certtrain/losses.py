@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certtrain.config import GM_ESTIMATORS
+from certtrain.lipschitz import method as lipschitz_method
 
 
 @dataclass(frozen=True)
@@ -233,19 +234,8 @@ def gm_crown_ibp_loss(ctx: RobustContext) -> torch.Tensor:
     return global_robust_loss(ctx, beta=ctx.beta)
 
 
-@register_robust_loss("lipschitz")
-def lipschitz_loss(ctx: RobustContext) -> torch.Tensor:
-    """Margin-aware loss on the margins the Lipschitz bound certifies at eps_t (Lipschitz nets)."""
-    from certtrain.lipschitz_method import lipschitz_robust_loss
-
-    options = ctx.method
-    logits = ctx.model(ctx.x) if ctx.logits is None else ctx.logits
-    return lipschitz_robust_loss(
-        ctx.model, logits, ctx.y, ctx.eps,
-        loss=getattr(options, "lipschitz_loss", "ce"),
-        temperature=getattr(options, "temperature", 1.0),
-        margin=getattr(options, "hinge_margin", 0.1),
-    )
+# Kitouni et al.'s Lipschitz networks: the robust term lives with the rest of that method.
+register_robust_loss("lipschitz")(lipschitz_method.robust_loss)
 
 
 def _local(ctx: RobustContext) -> RobustContext:

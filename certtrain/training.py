@@ -36,7 +36,7 @@ from certtrain.distributed import (
 from certtrain.distributed import start as start_world
 from certtrain.distributed import stop as stop_world
 from certtrain.download import load_or_download
-from certtrain.evaluate import CERTIFIERS, evaluate
+from certtrain.evaluate import CERTIFIERS, METHOD_CERTIFIERS, evaluate
 from certtrain.losses import ROBUST_LOSSES, RobustContext, training_loss
 from certtrain.models import build_model
 from certtrain.precision import allow_tf32
@@ -186,7 +186,12 @@ def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.devic
     _check_world(cfg, world, len(train_split))
     torch.manual_seed(cfg.seed)
     stats_of = MODEL_STATS_OF.get(str(cfg.dataset.name), str(cfg.dataset.name))  # plain str: saved in checkpoints
-    model = build_model(cfg.model.name, stats_of).to(device)
+    model_options = OmegaConf.to_container(cfg.model.options, resolve=True)
+    try:
+        model = build_model(cfg.model.name, stats_of, **model_options).to(device)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model={cfg.model.name} with model.options={model_options}: {err}; "
+                          "see the builder's parameters in certtrain/models or certtrain/lipschitz/zoo.py") from err
     trains_robustly = ROBUST_LOSSES[cfg.method.name] is not None
     schedule = RampSchedule(
         eps_train=train_eps(cfg) if trains_robustly else 0.0,
@@ -210,7 +215,7 @@ def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.devic
         data_generator=torch.Generator().manual_seed(cfg.seed),
         # Its own stream, so the data order does not depend on the estimator.
         radius_generator=torch.Generator().manual_seed(cfg.seed + RADIUS_SEED_OFFSET),
-        arch={"model": cfg.model.name, "dataset": stats_of},
+        arch={"model": cfg.model.name, "dataset": stats_of, **({"options": model_options} if model_options else {})},
         world=world,
         provenance=provenance(device),
     )
@@ -400,9 +405,7 @@ def _verified_summary(metrics: dict, eps: float) -> str:
 
 
 def _eval_bounds(cfg, final: bool = False) -> list[str]:
-    """eval.bounds (eval.final_bounds at the end, when set), plus the `lipschitz` certifier
-    (Lipschitz bound or any sound bound) for method=lipschitz."""
+    """eval.bounds (eval.final_bounds at the end, when set), plus the certifiers the method brings
+    (METHOD_CERTIFIERS, e.g. the Lipschitz certificate of method=lipschitz)."""
     bounds = list(cfg.eval.final_bounds if final and cfg.eval.final_bounds is not None else cfg.eval.bounds)
-    if cfg.method.name == "lipschitz" and "lipschitz" not in bounds:
-        bounds.append("lipschitz")
-    return bounds
+    return bounds + [b for b in METHOD_CERTIFIERS.get(str(cfg.method.name), ()) if b not in bounds]

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from certtrain.models.lipschitz import MonotonicWrapper
-from certtrain.models.lipschitz_zoo import lipschitz_stack
+from certtrain.lipschitz import MonotonicWrapper
+from certtrain.lipschitz.zoo import lipschitz_stack
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "lipschitz"

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from lipschitz_common import RESULTS, mean_std, provenance, save_figure  # noqa: E402
 from torch import nn  # noqa: E402
 
-from certtrain.models.lipschitz_zoo import lipschitz_stack  # noqa: E402
+from certtrain.lipschitz.zoo import lipschitz_stack  # noqa: E402
 
 RADIUS, ALPHA, WAVES = 1.5, 0.18, 8
 SEEDS = 2

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from lipschitz_common import RESULTS, fit, lipschitz_net, mean_std, provenance, save_figure  # noqa: E402
 
-from certtrain.lipschitz_losses import binary_hinge  # noqa: E402
+from certtrain.lipschitz.losses import binary_hinge  # noqa: E402
 
 SEEDS = 3
 TRAIN, TEST = 400, 2000

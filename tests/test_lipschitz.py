@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from certtrain.models import layers
-from certtrain.models.lipschitz import GroupSort, LipschitzLinear, lipschitz_bound
-from certtrain.models.lipschitz import attach_projection, normalize_weight, operator_norm
-from certtrain.models.lipschitz_zoo import lipschitz_mlp, lipschitz_stack
+from certtrain.lipschitz import GroupSort, LipschitzLinear, lipschitz_bound
+from certtrain.lipschitz import attach_projection, normalize_weight, operator_norm
+from certtrain.lipschitz.zoo import lipschitz_mlp, lipschitz_stack
 
 HAND = torch.tensor([[3.0, -1.0], [1.0, 1.0]])  # column sums 4, 2; row sums 4, 2; largest entry 3
 
@@ -26,6 +26,40 @@ HAND_CASES = [
 @pytest.mark.parametrize("kind, vectorwise, max_norm, expected", HAND_CASES)
 def test_normalisation_matches_hand_computed_matrices(kind, vectorwise, max_norm, expected):
     torch.testing.assert_close(normalize_weight(HAND, kind, max_norm, vectorwise), torch.tensor(expected))
+
+
+# eq. 2.7's first form, b W / max(1, ||W||): normalised to norm 1 when outside, then always times b.
+SCALE_CASES = [
+    ("one", False, 2.0, [[1.5, -0.5], [0.5, 0.5]]),  # ||W|| = 4: W / 4 * 2
+    ("one", True, 10.0, [[7.5, -5.0], [2.5, 5.0]]),  # columns / (4, 2), then x 10: unlike clip, not unchanged
+    ("inf", False, 0.5, [[0.375, -0.125], [0.125, 0.125]]),
+]
+
+
+@pytest.mark.parametrize("kind, vectorwise, max_norm, expected", SCALE_CASES)
+def test_scale_budget_matches_hand_computed_matrices(kind, vectorwise, max_norm, expected):
+    result = normalize_weight(HAND, kind, max_norm, vectorwise, budget="scale")
+    torch.testing.assert_close(result, torch.tensor(expected))
+    assert operator_norm(result, kind) <= max_norm + 1e-6
+
+
+def test_small_weights_stay_small_with_clip_and_grow_with_scale():
+    small = HAND / 100
+    torch.testing.assert_close(normalize_weight(small, "inf", 1.0, True, budget="clip"), small)
+    assert operator_norm(normalize_weight(small, "inf", 3.0, False, budget="scale"), "inf") == pytest.approx(0.12)
+    with pytest.raises(ValueError, match="budget"):
+        normalize_weight(small, "inf", 1.0, True, budget="squash")
+
+
+def test_full_sort_sorts_the_whole_layer():
+    torch.manual_seed(0)
+    model = lipschitz_mlp(in_channels=1, in_size=4, num_classes=3, width=12, group_size="full")
+    sorts = [m for m in model if isinstance(m, GroupSort)]
+    assert sorts and all(m.group_size == 12 for m in sorts)
+    hidden = model[:4](torch.rand(5, 1, 4, 4))
+    assert (hidden.diff(dim=1) >= 0).all()
+    with pytest.raises(ValueError, match="must divide the width"):
+        lipschitz_mlp(in_channels=1, in_size=4, num_classes=3, width=12, group_size=5)
 
 
 @pytest.mark.parametrize("mode", ["direct", "project"])
@@ -113,7 +147,7 @@ def test_freeze_keeps_the_function_and_saves_the_normalised_weight():
 
 
 def test_frozen_model_loads_into_a_plain_mlp():
-    from certtrain.models.lipschitz import freeze_lipschitz_
+    from certtrain.lipschitz import freeze_lipschitz_
 
     torch.manual_seed(0)
     model = lipschitz_mlp(in_channels=1, in_size=4, num_classes=3, width=8, depth=3)

@@ -4,10 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from certtrain.lipschitz_certify import lipschitz_certified
-from certtrain.lipschitz_losses import multiclass_hinge
-from certtrain.lipschitz_method import certify_any, lipschitz_robust_loss
-from certtrain.models.lipschitz_zoo import lipschitz_mlp
+from certtrain.lipschitz import lipschitz_certified
+from certtrain.lipschitz.losses import multiclass_hinge
+from certtrain.lipschitz import certify_any
+from certtrain.lipschitz.certify import lipschitz_margin_lower_bounds
+from certtrain.lipschitz.losses import lipschitz_robust_loss
+from certtrain.lipschitz.zoo import lipschitz_mlp
 
 
 @pytest.fixture(scope="module")
@@ -20,25 +22,44 @@ def model_and_batch():
 def test_loss_at_eps_zero_is_the_plain_loss(model_and_batch):
     model, x, y = model_and_batch
     logits = model(x)
-    torch.testing.assert_close(lipschitz_robust_loss(model, logits, y, 0.0, "ce", 1.0), F.cross_entropy(logits, y))
+    torch.testing.assert_close(lipschitz_robust_loss(model, logits, y, 0.0, loss="ce", temperature=1.0, margin=0.1), F.cross_entropy(logits, y))
     torch.testing.assert_close(
-        lipschitz_robust_loss(model, logits, y, 0.0, "hinge", margin=0.3), multiclass_hinge(logits, y, 0.3)
+        lipschitz_robust_loss(model, logits, y, 0.0, loss="hinge", temperature=1.0, margin=0.3), multiclass_hinge(logits, y, 0.3)
     )
 
 
 def test_loss_grows_with_eps_and_trains_the_weights(model_and_batch):
     model, x, y = model_and_batch
     logits = model(x)
-    small, large = (lipschitz_robust_loss(model, logits, y, e, "ce", 4.0) for e in (0.01, 0.2))
+    small, large = (lipschitz_robust_loss(model, logits, y, e, loss="ce", temperature=4.0, margin=0.1) for e in (0.01, 0.2))
     assert large > small
     large.backward()
     assert model[-1].parametrizations.weight.original.grad.abs().sum() > 0
 
 
+def test_dynamic_hinge_pushes_each_sample_to_half_the_distance_to_the_other_class(model_and_batch):
+    from certtrain.lipschitz.losses import half_distance_to_other_class
+
+    model, x, y = model_and_batch
+    radius = half_distance_to_other_class(x, y)
+    flat = x.flatten(1)
+    for i in (0, 7):
+        others = (flat[y != y[i]] - flat[i]).abs().amax(dim=1)
+        assert radius[i] == pytest.approx(float(others.min()) / 2)
+    logits = model(x)
+    loss = lipschitz_robust_loss(model, logits, y, 0.0, loss="dynamic_hinge", temperature=1.0, margin=0.1, x=x)
+    # zero exactly when every sample is certified at its own radius
+    lower = lipschitz_margin_lower_bounds(model, logits, y, radius).min(dim=1).values
+    assert loss.item() == pytest.approx(torch.relu(-lower).mean().item())
+    loss.backward()
+    with pytest.raises(ValueError, match="needs the inputs"):
+        lipschitz_robust_loss(model, model(x), y, 0.0, loss="dynamic_hinge", temperature=1.0, margin=0.1)
+
+
 def test_unknown_loss_is_rejected(model_and_batch):
     model, x, y = model_and_batch
     with pytest.raises(ValueError, match="hinge"):
-        lipschitz_robust_loss(model, model(x), y, 0.1, "mse")
+        lipschitz_robust_loss(model, model(x), y, 0.1, loss="mse", temperature=1.0, margin=0.1)
 
 
 def test_certify_any_contains_the_lipschitz_certificate(model_and_batch):

@@ -45,3 +45,24 @@ def test_unknown_lipschitz_loss_fails_at_composition(data_dir, tmp_path):
 
     with pytest.raises(ConfigCompositionException, match="lipschitz_loss"):
         compose_config(*TINY, "method.lipschitz_loss=mse", f"data_dir={data_dir}")
+
+
+def test_dynamic_hinge_and_model_options_from_the_command_line(data_dir, tmp_path):
+    cfg = compose_config(*TINY, "method.lipschitz_loss=dynamic_hinge", "+model.options.width=64",
+                         "+model.options.group_size=full", "+model.options.budget=scale", "+model.options.vectorwise=false",
+                         "eval.every=0", f"data_dir={data_dir}")
+    metrics = train(cfg, run_dir=tmp_path)
+    assert metrics["verified_err"]["lipschitz"]["0.1"] >= metrics["pgd_err"]["0.1"]
+    import torch
+
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["arch"]["options"] == {"width": 64, "group_size": "full", "budget": "scale", "vectorwise": False}
+    assert state["model"]["2.parametrizations.weight.original"].shape == (64, 784)
+
+
+def test_bad_model_option_is_a_config_error(data_dir, tmp_path):
+    from certtrain.config import ConfigError
+
+    cfg = compose_config(*TINY, "+model.options.widht=64", f"data_dir={data_dir}")
+    with pytest.raises(ConfigError, match="widht"):
+        train(cfg, run_dir=tmp_path)

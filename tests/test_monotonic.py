@@ -1,14 +1,13 @@
 """MonotonicWrapper: monotone where promised, far outside any training range."""
 
 import functools
-import logging
 
 import pytest
 import torch
 from torch import nn
 
-from certtrain.models.lipschitz import MonotonicWrapper, attach_projection, lipschitz_bound
-from certtrain.models.lipschitz_zoo import lipschitz_stack
+from certtrain.lipschitz import MonotonicWrapper, attach_projection, lipschitz_bound
+from certtrain.lipschitz.zoo import lipschitz_stack
 
 SIGNS = [1, -1, 0, 1, 0]
 
@@ -71,10 +70,40 @@ def test_bound_of_the_wrapper():
     assert lipschitz_bound(model, "inf") <= lipschitz_bound(net, "inf") + 1.5 * 3 + 1e-6
 
 
-def test_warns_when_net_exceeds_lambda(caplog):
-    with caplog.at_level(logging.WARNING):
+def test_raises_when_the_net_can_exceed_lambda():
+    with pytest.raises(ValueError, match="not guaranteed.*lipschitz_stack"):
         MonotonicWrapper(nn.Sequential(nn.Linear(5, 1)), 1e-6, SIGNS)
-    assert "not guaranteed" in caplog.text
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(5, 32), nn.ReLU(), nn.Linear(32, 1))  # unconstrained weights
+    with pytest.raises(ValueError, match="feature 0"):
+        MonotonicWrapper(plain, 0.05, SIGNS)
+
+
+def test_per_feature_lambdas_and_free_features():
+    torch.manual_seed(0)
+    net = nn.Sequential(*lipschitz_stack([5, 8, 1], "inf", 1.0, first_kind="one-inf"))
+    # feature 2 is free (sign 0): its partial derivative may exceed its lambda
+    model = MonotonicWrapper(net, [1.0, 2.0, 1e-9, 1.0, 3.0], SIGNS)
+    x = torch.rand(300, 5, dtype=torch.float64).requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.double()(x).sum(), x)
+    assert (grad[:, 0] >= 0).all() and (grad[:, 1] <= 0).all() and (grad[:, 3] >= 0).all()
+    with pytest.raises(ValueError, match="one per feature"):
+        MonotonicWrapper(net, [1.0, 2.0], SIGNS)
+    with pytest.raises(ValueError, match="feature 1"):
+        MonotonicWrapper(net, [1.0, 1e-3, 1.0, 1.0, 1.0], SIGNS)
+
+
+def test_monotone_in_float32_as_users_run_it():
+    model = _trained_wrapper("direct").float()
+    torch.manual_seed(1)
+    x = torch.rand(2000, 5) * 4 - 2  # standardised features: |x| of order 1
+    for feature, sign in ((0, 1), (1, -1), (3, 1)):
+        for step in (1e-2, 0.5):
+            moved = x.clone()
+            moved[:, feature] += step
+            with torch.no_grad():
+                change = sign * (model(moved) - model(x))
+            assert change.min() >= -1e-5, (feature, step, change.min())
 
 
 def test_rejects_bad_signs_and_shapes():

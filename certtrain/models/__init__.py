@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from certtrain.models.layers import GroupSort, Normalize
-from certtrain.models.lipschitz_zoo import LIPSCHITZ_ARCHITECTURES
+from certtrain.lipschitz.zoo import LIPSCHITZ_ARCHITECTURES
 from certtrain.models.zoo import ARCHITECTURES, DATASET_STATS
 
 __all__ = ["ARCHITECTURES", "DATASET_STATS", "GroupSort", "Normalize", "build_model"]

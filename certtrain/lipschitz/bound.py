@@ -1,0 +1,107 @@
+"""Certified Lipschitz constants: of a network (product of per-layer operator norms), of its
+logit margins (one sensitivity function for training, certification and the certified radius),
+and of each input's partial derivative (what monotonicity needs)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from certtrain.lipschitz.layers import KINDS, _check_kind, operator_norm
+from certtrain.models.layers import GroupSort, Normalize
+
+# Layers that are 1-Lipschitz in every l_p norm (permutations, ReLU, reshapes).
+_ONE_LIPSCHITZ = (GroupSort, nn.ReLU, nn.Identity, nn.Flatten, nn.Dropout, nn.Tanh)
+
+
+def _layer_norms(module: nn.Module) -> list[dict[str, float]]:
+    """Per-layer operator norms {kind: norm} in forward order (nested Sequentials flattened)."""
+    if isinstance(module, nn.Sequential):
+        return [n for child in module for n in _layer_norms(child)]
+    if hasattr(module, "lipschitz_bound"):
+        raise ValueError(f"a {type(module).__name__} can only be the outermost module for lipschitz_bound")
+    if isinstance(module, nn.Linear):
+        weight = module.weight.detach()
+        return [{kind: float(operator_norm(weight, kind)) for kind in KINDS}]
+    if isinstance(module, Normalize):
+        gain = float((1.0 / module.std).max())  # a diagonal scaling: every norm is its largest entry
+        return [dict.fromkeys(KINDS, gain)]
+    if isinstance(module, _ONE_LIPSCHITZ):
+        return []
+    raise ValueError(
+        f"lipschitz_bound: no Lipschitz rule for layer {type(module).__name__}; use Linear/LipschitzLinear, "
+        "GroupSort, ReLU, Flatten, Identity, Dropout or Normalize"
+    )
+
+
+def _chain_bound(norms: list[dict[str, float]], kind: str) -> float:
+    if kind in ("one", "inf"):
+        return math.prod(n[kind] for n in norms)
+    # l1 -> linf: layers before the switch in l1, one layer l1 -> linf, the rest in linf; any
+    # split point is sound (||x||_inf <= ||x||_1), so take the smallest product.
+    if not norms:
+        return 1.0
+    best = math.prod(n["one"] for n in norms)  # switch after the last layer: ||.||_inf <= ||.||_1
+    for k in range(len(norms)):
+        before = math.prod(n["one"] for n in norms[:k])
+        after = math.prod(n["inf"] for n in norms[k + 1 :])
+        best = min(best, before * norms[k]["one-inf"] * after)
+    return best
+
+
+def lipschitz_bound(model: nn.Module, kind: str = "inf") -> float:
+    """A certified Lipschitz constant of `model` (product of per-layer operator norms).
+
+    kind: "one" (l1 -> l1), "inf" (linf -> linf) or "one-inf" (l1 -> linf). A module with its
+    own `lipschitz_bound(kind)` method (MonotonicWrapper) answers for itself.
+    """
+    _check_kind(kind)
+    if hasattr(model, "lipschitz_bound"):
+        return model.lipschitz_bound(kind)
+    return _chain_bound(_layer_norms(model), kind)
+
+
+def _split_last_linear(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    if isinstance(model, nn.Sequential) and len(model) > 1 and isinstance(model[-1], nn.Linear):
+        return model[:-1], model[-1]
+    return None
+
+
+def margin_sensitivities(model: nn.Module, num_classes: int) -> torch.Tensor:
+    """(K, K) S with S[y, j] >= how much f_y - f_j can change per unit of linf input change.
+
+    Whole map: 2 L (each logit moves by at most L eps). Per pair, for a Sequential ending in a
+    Linear layer W over a body of constant L_body: ||w_y - w_j||_1 L_body (the bias cancels).
+    S is the smaller of the two, entrywise. Gradients flow into W (the body's constant is a
+    number, fixed by construction in a Lipschitz net), so training, the certificate and
+    `certified_radius` all use this one function.
+    """
+    whole = 2.0 * lipschitz_bound(model, "inf")
+    split = _split_last_linear(model)
+    if split is None:
+        return torch.full((num_classes, num_classes), whole)
+    body, last = split
+    weight = last.weight
+    pair_rows = (weight[:, None, :] - weight[None, :, :]).abs().sum(dim=2)  # ||w_y - w_j||_1
+    return torch.clamp(pair_rows * lipschitz_bound(body, "inf"), max=whole)
+
+
+def partial_derivative_bounds(model: nn.Module, num_inputs: int) -> torch.Tensor:
+    """(D,) upper bounds of |d g / d x_i| for a scalar-output network g of (B, D) inputs.
+
+    For a Sequential whose first weighted layer is Linear W1 (after reshapes): d g / d x_i =
+    J_rest W1[:, i], so |.| <= min(||W1[:, i]||_inf L_inf(rest), ||W1[:, i]||_1 L_1->inf(rest))
+    per feature. Otherwise the l1 -> linf constant of g bounds every partial.
+    """
+    layers = list(model) if isinstance(model, nn.Sequential) else [model]
+    while layers and isinstance(layers[0], (nn.Flatten, nn.Identity, nn.Dropout)):
+        layers = layers[1:]
+    if layers and isinstance(layers[0], nn.Linear) and layers[0].in_features == num_inputs:
+        column = layers[0].weight.detach().abs()
+        rest = nn.Sequential(*layers[1:])
+        by_inf = column.amax(dim=0) * lipschitz_bound(rest, "inf")
+        by_one = column.sum(dim=0) * lipschitz_bound(rest, "one-inf")
+        return torch.minimum(by_inf, by_one)
+    return torch.full((num_inputs,), lipschitz_bound(model, "one-inf"))
