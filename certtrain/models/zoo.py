@@ -1,7 +1,7 @@
 """The published architectures of certified training, as plain nn.Sequential models.
 
 Every model starts with `Normalize`, so inputs and eps are in pixel units [0, 1];
-`wk17a` is the exception because the published weights expect raw pixels.
+`wk17a` and `rsl18a` are the exceptions because the published weights expect raw pixels.
 """
 
 from __future__ import annotations
@@ -102,6 +102,13 @@ def wk17a(in_channels=1, in_size=28, num_classes=10, mean=None, std=None):
     return nn.Sequential(*convs, *_head(channels * size**2, [100], num_classes))
 
 
+def rsl18a(in_channels=1, in_size=28, num_classes=10, mean=None, std=None):
+    """Raghunathan et al. (2018) MNIST network ("RSL18a" in Tjeng et al.), one hidden layer of 500
+    ReLUs; raw [0, 1] inputs. Layer indices match ../shared/models/rsl18a_linf0.1.pth."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * in_size**2, 500), nn.ReLU(),
+                         nn.Linear(500, num_classes))
+
+
 def ibp_init_(model: nn.Module) -> None:
     """IBP initialisation of Shi et al. (2021): w ~ N(0, (sqrt(2 pi) / fan_in)^2), zero bias.
 
@@ -122,4 +129,5 @@ ARCHITECTURES = {
     "dm_large": dm_large,
     "cnn7": cnn7,
     "wk17a": wk17a,
+    "rsl18a": rsl18a,
 }
