@@ -27,7 +27,8 @@ def compose_config(*overrides):
 
 def test_groups_list_every_published_choice():
     assert set(METHODS) == {"standard", "ibp", "crown_ibp", "gm_ibp", "gm_crown_ibp", "lipschitz"}
-    assert set(MODELS) == {"mlp", "dm_small", "dm_medium", "dm_large", "cnn7", "wk17a", "lipschitz_mlp", "lipschitz_mlp_large"}
+    assert set(MODELS) == {"mlp", "dm_small", "dm_medium", "dm_large", "cnn7", "wk17a", "rsl18a", "lipschitz_mlp",
+                           "lipschitz_mlp_large"}
     assert {"mnist", "fashion_mnist", "cifar10", "mnist5k"} <= set(DATASETS)
 
 
