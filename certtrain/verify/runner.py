@@ -15,16 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from certtrain.checkpoints import weights_hash
 from certtrain.data import load_split
-from certtrain.verify.api import OBJECTIVES
 from certtrain.verify.batch import RERUN, parse_samples, run_batch
 from certtrain.verify.encoding import SolverOptions
 from certtrain.verify.ladder import LADDER_COLUMNS, ladder_references, write_ladder
 from certtrain.verify.loading import load_network
-from certtrain.verify.objectives import NORMS
 from certtrain.verify.options import VerifyOptions
 from certtrain.verify.run_folder import RunFolderError, read_run
-from certtrain.verify.perturbations import FAMILIES
-from certtrain.verify.tightening import check_level
 
 log = logging.getLogger(__name__)
 # mode -> what run_batch computes beside the exact answer, and how it summarises
@@ -50,16 +46,13 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.eps is None and cfg.perturbation == "linf" and not cfg.run:
         raise ValueError("perturbation=linf needs eps; pass eps=<radius>, run=<train.py run folder> (its eps) "
                          "or perturbation=unrestricted")
-    choices = {"mode": MODES, "objective": OBJECTIVES, "norm": NORMS, "perturbation": FAMILIES, "rerun": RERUN}
-    for key, allowed in choices.items():
+    # objective, norm, perturbation, tightening and the time limits: VerifyOptions checks them
+    for key, allowed in {"mode": MODES, "rerun": RERUN}.items():
         if cfg[key] not in allowed:
             raise ValueError(f"{key}={cfg[key]} is not one of {list(allowed)}")
-    check_level(cfg.tightening)
     if cfg.mode == "ladder" and (cfg.objective != "robustness" or cfg.perturbation != "linf"):
         raise ValueError("mode=ladder compares certificates of L-inf robustness: use objective=robustness "
                          "perturbation=linf, or mode=verify")
-    if cfg.time_limit <= 0 or cfg.tightening_time_limit <= 0:
-        raise ValueError("time_limit and tightening_time_limit must be positive seconds")
 
 
 def _explicit_overrides() -> set[str]:
@@ -95,6 +88,13 @@ def run_from_config(cfg: DictConfig) -> dict:
     check_config(cfg)
     torch.set_num_threads(cfg.threads)
     model_name, stats, dataset, weights, eps, run_folder = _network_source(cfg)
+    targets = OmegaConf.to_object(cfg.targets) if cfg.targets else None
+    options = VerifyOptions(  # checked here, before the network and the data are loaded
+        eps=eps, objective=cfg.objective, time_limit=cfg.time_limit, tightening=cfg.tightening,
+        perturbation=cfg.perturbation, norm=cfg.norm, targets=targets,
+        blur_kernel_size=cfg.blur_kernel_size, tightening_time_limit=cfg.tightening_time_limit,
+        solver=SolverOptions(threads=cfg.threads),
+    )
     network = load_network(model_name, weights, stats)
     split = load_split(dataset, "test", cfg.data_dir)
     indices = parse_samples(cfg.samples, len(split))
@@ -102,18 +102,12 @@ def run_from_config(cfg: DictConfig) -> dict:
         "model": model_name, "weights": weights, "run": run_folder,
         "weights_sha256": weights_hash(network.state_dict()), "dataset": dataset, "eps": eps,
         "objective": cfg.objective, "norm": cfg.norm, "perturbation": cfg.perturbation,
-        "blur_kernel_size": cfg.blur_kernel_size, "targets": OmegaConf.to_object(cfg.targets) if cfg.targets else None,
+        "blur_kernel_size": cfg.blur_kernel_size, "targets": targets,
         "mode": cfg.mode, "tightening": cfg.tightening, "time_limit": cfg.time_limit, "pgd_steps": cfg.pgd_steps,
         "pgd_restarts": cfg.pgd_restarts, "threads": cfg.threads, "highs": highspy.Highs().version(),
         "command": "python verify.py " + " ".join(sys.argv[1:]), "commit": _commit(),
         "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})",
     }
-    options = VerifyOptions(
-        eps=eps, objective=cfg.objective, time_limit=cfg.time_limit, tightening=cfg.tightening,
-        perturbation=cfg.perturbation, norm=cfg.norm, targets=settings["targets"],
-        blur_kernel_size=cfg.blur_kernel_size, tightening_time_limit=cfg.tightening_time_limit,
-        solver=SolverOptions(threads=cfg.threads),
-    )
     summary = run_batch(network, split.images, split.labels, indices, Path(cfg.out), settings=settings,
                         options=options, rerun=cfg.rerun, pgd_steps=cfg.pgd_steps,
                         pgd_restarts=cfg.pgd_restarts, **MODES[cfg.mode])
