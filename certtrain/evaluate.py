@@ -38,7 +38,7 @@ def _bound_certifier(method: str) -> Certifier:
 
 # name -> function(model, x, y, eps, num_classes) -> bool tensor: certified samples.
 CERTIFIERS: dict[str, Certifier] = {
-    name: _bound_certifier(name) for name in ("ibp", "crown-ibp", "crown", "alpha-crown")
+    name: _bound_certifier(name) for name in ("ibp", "crown-ibp", "crown", "alpha-crown", "alpha-crown-full")
 }
 
 

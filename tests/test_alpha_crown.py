@@ -17,14 +17,15 @@ from tests.test_bounds_soundness import extreme_points, random_case, sample_poin
 TOL = 1e-5
 
 
+@pytest.mark.parametrize("method", ["alpha-crown", "alpha-crown-full"])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("seed", range(3))
-def test_alpha_crown_is_sound_and_never_looser_than_crown(kind, seed):
+def test_alpha_crown_is_sound_and_never_looser_than_crown(kind, seed, method):
     model, x_L, x_U, gen = random_case(kind, seed)
     num_classes = model(x_L).shape[1]
     y = torch.randint(0, num_classes, (x_L.shape[0],), generator=gen)
     C = margin_spec(y, num_classes)
-    lower, upper = compute_bounds(model, x_L, x_U, C=C, method="alpha-crown")
+    lower, upper = compute_bounds(model, x_L, x_U, C=C, method=method)
     crown_lower, crown_upper = compute_bounds(model, x_L, x_U, C=C, method="crown")
     assert (lower >= crown_lower - TOL * (1 + crown_lower.abs())).all()
     assert (upper <= crown_upper + TOL * (1 + crown_upper.abs())).all()
@@ -44,6 +45,19 @@ def test_alpha_crown_tightens_some_bound_and_repeats_itself():
     alpha = lower_bounds(model, x_L, x_U, C, method="alpha-crown")
     assert torch.equal(alpha, lower_bounds(model, x_L, x_U, C, method="alpha-crown"))
     assert (alpha > lower_bounds(model, x_L, x_U, C, method="crown") + 1e-4).any()
+
+
+def test_full_alpha_crown_tightens_intermediate_bounds_and_stays_above_tight_crown():
+    from certtrain.bounds import tight_crown_lower
+
+    model, x_L, x_U, gen = random_case("mlp", 3, batch=8)
+    center = (x_L + x_U) / 2
+    x_L, x_U = center - 0.15, center + 0.15  # wide enough for unstable neurons in both hidden layers
+    y = torch.randint(0, 5, (8,), generator=gen)
+    C = margin_spec(y, 5)
+    full = lower_bounds(model, x_L, x_U, C, method="alpha-crown-full")
+    assert (full >= tight_crown_lower(model, x_L, x_U, C) - 1e-6).all()
+    assert (full > lower_bounds(model, x_L, x_U, C, method="alpha-crown") + 1e-4).any()
 
 
 def test_alpha_crown_leaves_the_models_gradients_alone():

@@ -44,6 +44,7 @@ def test_ladder_reports_every_rung_in_order(tmp_path):
     assert (error["PGD error"] <= error["exact (MILP), lower"] <= error["exact (MILP), upper"]
             <= error["alpha-CROWN verified error"] <= error["CROWN (tight) verified error"]
             <= error["IBP verified error"])
+    assert error["exact (MILP), upper"] <= error["alpha-CROWN (full) verified error"] <= error["CROWN (tight) verified error"]
     assert error["clean error"] == 10.0
     # the problem is chosen so that the rungs differ: the ladder is not trivially flat
     assert error["IBP verified error"] > error["exact (MILP), upper"]
@@ -76,5 +77,5 @@ def test_each_kind_of_break_is_found(row, expected):
     base = {"index": "7", "status": "timeout", "pgd_adversarial": "False"}
     found = violations([{**base, **row}])
     assert any(expected in line and line.startswith("sample 7") for line in found), found
-    assert violations([{**base, "status": "robust", "alpha_crown_verified": "True", "crown_tight_verified": "True",
-                        "ibp_verified": "True"}]) == []
+    assert violations([{**base, "status": "robust", "alpha_crown_verified": "True", "alpha_crown_full_verified": "True",
+                        "crown_tight_verified": "True", "ibp_verified": "True"}]) == []

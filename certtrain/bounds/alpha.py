@@ -17,6 +17,8 @@ certifier, not a training loss.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from certtrain.bounds.backward import backward_lower, crown_intermediate_pass
@@ -30,26 +32,50 @@ TOLERANCE = 1e-4
 PATIENCE = 5
 
 
-def alpha_crown_lower(ops, C, x_L, x_U, iterations=ITERATIONS, lr=LEARNING_RATE):
-    """Best lower bounds of C ops(x) over the box, (B, S), from optimised ReLU lower slopes."""
+def alpha_crown_lower(ops, C, x_L, x_U, iterations=ITERATIONS, lr=LEARNING_RATE, optimise_intermediate=False):
+    """Best lower bounds of C ops(x) over the box, (B, S), from optimised ReLU lower slopes.
+
+    optimise_intermediate: also tighten the input bounds of every ReLU after the first by the
+    same optimisation (one spec row per unstable neuron and side, layer by layer), before the
+    output's; the result is still at least the CROWN (tight) bound on the unoptimised ones.
+    """
     # CROWN's intermediate bounds intersected with IBP's where every activation is a ReLU (the
     # refinement picks the neurons a ReLU relaxes); other activations get CROWN's own.
     relu_only = all(isinstance(op, (ReLUOp, AffineOp)) for op in ops)
     with torch.no_grad():
         in_bounds = crown_intermediate_pass(ops[:-1], x_L, x_U, only_unstable=relu_only)
-        ibp = interval_with_spec(ops[-1], *in_bounds[len(ops) - 1], C)[0]
     in_bounds = [(lo.detach(), up.detach()) for lo, up in in_bounds]
-    rows = C.shape[1]
+    C = C.detach()
+    with torch.no_grad():
+        floor = interval_with_spec(ops[-1], *in_bounds[len(ops) - 1], C)[0]  # IBP on these bounds
+    if optimise_intermediate and relu_only:
+        with torch.no_grad():  # CROWN (tight) on the unoptimised bounds: the result stays above it
+            crown = backward_lower(ops, C, in_bounds, x_L, x_U, lower_slopes=_crown_slopes(ops, in_bounds, C.shape[1]))
+        in_bounds = _optimised_intermediate_bounds(ops, in_bounds, x_L, x_U, iterations, lr)
+        with torch.no_grad():
+            floor = torch.maximum(torch.maximum(floor, crown), interval_with_spec(ops[-1], *in_bounds[len(ops) - 1], C)[0])
+    return _optimise_slopes(ops, C, in_bounds, x_L, x_U, iterations, lr, floor)
+
+
+def _crown_slopes(ops, in_bounds, rows):
+    """CROWN's adaptive lower slope (1 where u > -l) of every ReLU, one copy per spec row, as
+    leaf tensors the optimiser may move."""
     slopes = {}
     for index, op in enumerate(ops):
         if isinstance(op, ReLUOp):
             lower, upper = in_bounds[index]
-            crown_choice = (upper > -lower).to(x_L.dtype)  # CROWN's adaptive lower slope
+            crown_choice = (upper > -lower).to(lower.dtype)
             slopes[index] = crown_choice.unsqueeze(1).expand(-1, rows, *lower.shape[1:]).clone().requires_grad_(True)
-    C = C.detach()
+    return slopes
+
+
+def _optimise_slopes(ops, C, in_bounds, x_L, x_U, iterations, lr, floor):
+    """Projected Adam on the lower slopes, from CROWN's choice; the best bound of any iterate
+    per row, at least `floor`."""
+    slopes = _crown_slopes(ops, in_bounds, C.shape[1])
     with torch.no_grad():
-        best = torch.maximum(backward_lower(ops, C, in_bounds, x_L, x_U, lower_slopes=slopes), ibp)
-    if not slopes:
+        best = torch.maximum(backward_lower(ops, C, in_bounds, x_L, x_U, lower_slopes=slopes), floor)
+    if not slopes or iterations == 0:
         return best
     optimizer = torch.optim.Adam(list(slopes.values()), lr=lr)
     history = [best.sum().item()]
@@ -68,3 +94,35 @@ def alpha_crown_lower(ops, C, x_L, x_U, iterations=ITERATIONS, lr=LEARNING_RATE)
         if len(history) > PATIENCE and history[-1] - history[-1 - PATIENCE] <= TOLERANCE * (1 + abs(history[-1])):
             break
     return best
+
+
+def _optimised_intermediate_bounds(ops, in_bounds, x_L, x_U, iterations, lr):
+    """The input bounds of every ReLU with a ReLU before it, tightened by optimised slopes of
+    the ReLUs before it (rows +e_i and -e_i of its unstable neurons), intersected with the given
+    ones; affine ops after it get the interval image of the tighter bounds, intersected too."""
+    bounds = list(in_bounds)
+    relus = [i for i, op in enumerate(ops) if isinstance(op, ReLUOp)]
+    for index in relus[1:]:
+        lower, upper = (t.flatten(1) for t in bounds[index])
+        rows = ((lower < 0) & (upper > 0)).any(dim=0).nonzero().flatten()
+        if len(rows):
+            shape = ops[index].in_shape
+            spec = torch.zeros(2 * len(rows), math.prod(shape), dtype=x_L.dtype, device=x_L.device)
+            spec[torch.arange(len(rows)), rows] = 1.0
+            spec[len(rows) + torch.arange(len(rows)), rows] = -1.0
+            spec = spec.reshape(1, 2 * len(rows), *shape)  # shared by the batch (Ba = 1)
+            floor = torch.cat((lower[:, rows], -upper[:, rows]), dim=1)
+            best = _optimise_slopes(ops[:index], spec, bounds, x_L, x_U, iterations, lr, floor)
+            lower, upper = lower.clone(), upper.clone()
+            lower[:, rows] = best[:, : len(rows)]
+            upper[:, rows] = -best[:, len(rows) :]
+            bounds[index] = (lower.view_as(bounds[index][0]), upper.view_as(bounds[index][1]))
+        # affine ops up to the next ReLU: the interval image of the tighter bounds, intersected
+        for after in range(index, len(ops)):
+            if after > index and isinstance(ops[after], ReLUOp):
+                break
+            image = ops[after].interval(*bounds[after])
+            if after + 1 < len(bounds):
+                old = bounds[after + 1]
+                bounds[after + 1] = (torch.maximum(old[0], image[0]), torch.minimum(old[1], image[1]))
+    return bounds
