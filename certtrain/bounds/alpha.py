@@ -32,8 +32,12 @@ TOLERANCE = 1e-4
 PATIENCE = 5
 
 
-def alpha_crown_lower(ops, C, x_L, x_U, iterations=ITERATIONS, lr=LEARNING_RATE, optimise_intermediate=False):
+def alpha_crown_lower(ops, C, x_L, x_U, iterations=ITERATIONS, lr=LEARNING_RATE, optimise_intermediate=False,
+                      shared_slopes=False):
     """Best lower bounds of C ops(x) over the box, (B, S), from optimised ReLU lower slopes.
+
+    shared_slopes: one slope per neuron for all spec rows (optimising their summed bound)
+    instead of one per neuron and row; measured looser (results/alpha_crown/README.md).
 
     optimise_intermediate: also tighten the input bounds of every ReLU after the first by the
     same optimisation (one spec row per unstable neuron and side, layer by layer), before the
@@ -54,7 +58,7 @@ def alpha_crown_lower(ops, C, x_L, x_U, iterations=ITERATIONS, lr=LEARNING_RATE,
         in_bounds = _optimised_intermediate_bounds(ops, in_bounds, x_L, x_U, iterations, lr)
         with torch.no_grad():
             floor = torch.maximum(torch.maximum(floor, crown), interval_with_spec(ops[-1], *in_bounds[len(ops) - 1], C)[0])
-    return _optimise_slopes(ops, C, in_bounds, x_L, x_U, iterations, lr, floor)
+    return _optimise_slopes(ops, C, in_bounds, x_L, x_U, iterations, lr, floor, shared_slopes)
 
 
 def _crown_slopes(ops, in_bounds, rows):
@@ -69,10 +73,10 @@ def _crown_slopes(ops, in_bounds, rows):
     return slopes
 
 
-def _optimise_slopes(ops, C, in_bounds, x_L, x_U, iterations, lr, floor):
+def _optimise_slopes(ops, C, in_bounds, x_L, x_U, iterations, lr, floor, shared=False):
     """Projected Adam on the lower slopes, from CROWN's choice; the best bound of any iterate
-    per row, at least `floor`."""
-    slopes = _crown_slopes(ops, in_bounds, C.shape[1])
+    per row, at least `floor`. shared: one slope per neuron, broadcast over the rows."""
+    slopes = _crown_slopes(ops, in_bounds, 1 if shared else C.shape[1])
     with torch.no_grad():
         best = torch.maximum(backward_lower(ops, C, in_bounds, x_L, x_U, lower_slopes=slopes), floor)
     if not slopes or iterations == 0:
