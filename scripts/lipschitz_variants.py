@@ -25,7 +25,7 @@ VARIANTS = {  # name -> model options
     "eq. 2.7 (whole matrix, clip), projection": {"vectorwise": "false", "mode": "project", "budget": "clip"},
 }
 SHARED = [
-    "experiment=lipschitz_mnist", "epochs=10", "+model.options.width=512", "schedule.ramp_epochs=5",
+    "experiment=lipschitz_mnist", "epochs=10", "model.options.width=512", "schedule.ramp_epochs=5",
     "schedule.lr_milestones=[8]", "eval.every=0", "eval.eps_grid=[0.1]", "dataset.test_size=2000",
 ]
 
@@ -34,7 +34,7 @@ def main(data_dir: str) -> None:
     rows = []
     for index, (name, options) in enumerate(VARIANTS.items()):
         run_dir = REPO / "outputs" / "lipschitz_variants" / f"v{index}"
-        overrides = [*SHARED, *(f"+model.options.{k}={v}" for k, v in options.items()), f"data_dir={data_dir}",
+        overrides = [*SHARED, *(f"++model.options.{k}={v}" for k, v in options.items()), f"data_dir={data_dir}",
                      f"hydra.run.dir={run_dir}", "overwrite=true"]
         subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], cwd=REPO, check=True,
                        capture_output=True)
