@@ -5,7 +5,8 @@ run folders, full test sets, with the tightest certifier of each run.
 
 Columns: dataset, eps, model, method, clean_err, verified_err, certifier, epochs, seconds,
 command, commit (errors in %, the commit the run started from, the command rebuilt from the
-run's .hydra/overrides.yaml). Rows of the same runs are replaced when the script runs again.
+run's .hydra/overrides.yaml); certifier names every certifier reaching the lowest verified error
+(ibp=lipschitz: the Lipschitz certificate, which also counts IBP's, adds nothing to IBP). Rows of the same runs are replaced when the script runs again.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ def rows_of(run: Path) -> list[dict]:
     for eps in metrics["pgd_err"]:
         curves = {name: curve[eps] for name, curve in metrics["verified_err"].items()}
         certifier = min(curves, key=curves.get)
+        tied = "=".join(name for name, err in curves.items() if err == curves[certifier])  # e.g. ibp=lipschitz
         rows.append({
             "dataset": metrics["dataset"], "eps": eps, "model": metrics["model"], "method": metrics["method"],
             "clean_err": f"{100 * metrics['clean_err']:.2f}", "verified_err": f"{100 * curves[certifier]:.2f}",
-            "certifier": certifier, "epochs": metrics["epochs"], "seconds": f"{metrics['seconds']:.0f}",
+            "certifier": tied, "epochs": metrics["epochs"], "seconds": f"{metrics['seconds']:.0f}",
             "command": command, "commit": metrics.get("provenance", {}).get("commit", "unknown"),
         })
     return rows
