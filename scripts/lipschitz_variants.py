@@ -1,6 +1,6 @@
 """Kitouni et al.'s normalisation variants on one task: eq. 2.7 (the whole matrix, in its clip
 and scale forms) against eq. 2.8 (each row on its own), and direct parametrisation against
-projection after each step. MNIST, Lipschitz full-sort MLP 784-512-512-10, eps 0.1, the same
+projection after each step. MNIST, Lipschitz GroupSort(2) MLP 784-512-512-10, eps 0.1, the same
 recipe otherwise (conf/experiment/lipschitz_mnist.yaml, shortened).
 
     python scripts/lipschitz_variants.py ../shared/data     # about 15 minutes on one core
