@@ -37,7 +37,8 @@ def alpha_crown_lower(ops, C, x_L, x_U, iterations=ITERATIONS, lr=LEARNING_RATE,
     """Best lower bounds of C ops(x) over the box, (B, S), from optimised ReLU lower slopes.
 
     shared_slopes: one slope per neuron for all spec rows (optimising their summed bound)
-    instead of one per neuron and row; measured looser (results/alpha_crown/README.md).
+    instead of one per neuron and row; measured: the same verified error on wk17a and the IBP
+    DM-small model, at about the same cost (results/alpha_crown/README.md).
 
     optimise_intermediate: also tighten the input bounds of every ReLU after the first by the
     same optimisation (one spec row per unstable neuron and side, layer by layer), before the
