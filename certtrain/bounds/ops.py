@@ -263,7 +263,7 @@ class GroupSortOp:
 
 
 class MaxPoolOp:
-    """MaxPool2d (zero dilation, floor mode; any padding, which never wins the max).
+    """MaxPool2d (no dilation, floor mode; any padding, which never wins the max).
 
     Interval: exact, max of the lower and max of the upper bounds. Backward relaxation of
     y = max_{i in window} x_i, DeepPoly's (Singh et al. 2019): with i* the input of largest lower
