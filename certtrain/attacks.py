@@ -65,3 +65,39 @@ def _where_sample(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> t
     """Per sample, `new` where mask else `old`: a select, not boolean indexing, so the attack
     never waits for the device to count the mask."""
     return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)
+
+
+# The training attack's step, as a multiple of radius / steps (Madry et al.'s rule, as in
+# pgd_attack): one step is FGSM's full-radius step; more steps can cross the box and come back.
+TRAINING_STEP_SCALE = 2.5
+
+
+def training_attack(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
+    radius: torch.Tensor | float, steps: int,
+) -> torch.Tensor:
+    """PGD on the cross-entropy inside the box [lower, upper] (radius per sample or one), for the
+    adversarial terms of the training losses (SABR, MTL-IBP and its kin). Starts at the clean
+    point, so it draws no random numbers (a resumed or data-parallel run follows the same path).
+
+    The model runs in evaluation mode during the search (BatchNorm on its running statistics,
+    no dropout), and every layer's mode is restored after; parameter gradients are not touched.
+    Returns the attack point, detached.
+    """
+    if steps < 1:
+        raise ValueError(f"the training attack needs at least one step, got {steps}")
+    step = TRAINING_STEP_SCALE * radius / steps
+    modes = [(module, module.training) for module in model.modules()]  # each layer's own mode
+    model.eval()
+    try:
+        x_adv = x.detach().clone()
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            with torch.enable_grad():
+                loss = nn.functional.cross_entropy(model(x_adv), y, reduction="sum")
+                (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = torch.minimum(torch.maximum(x_adv.detach() + step * grad.sign(), lower), upper)
+    finally:
+        for module, training in modes:
+            module.training = training
+    return x_adv.detach()

@@ -11,57 +11,28 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from certtrain.lipschitz.losses import LOSSES as LIPSCHITZ_LOSSES
-
-class Choice(str, Enum):
-    """A closed set of string values: a bad value fails while Hydra composes the config, naming
-    the choices. Members are their strings (==, hashing, formatting), so code reads them as str."""
-
-    def __str__(self) -> str:
-        return self.value
-
-    __format__ = str.__format__
-
+from certtrain.choice import Choice
+from certtrain.errors import ConfigError
+from certtrain.losses import GM_ESTIMATORS as _ESTIMATORS
+from certtrain.methods import METHODS, MethodConfig, get_method
 
 Device = Choice("Device", {name: name for name in ("auto", "cpu", "cuda")})
 RampShape = Choice("RampShape", {name: name for name in ("linear", "smoothed")})
 GMWeights = Choice("GMWeights", {n: n for n in ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")})
-GMEstimator = Choice("GMEstimator", {name: name for name in ("all", "sampled", "stratified")})
+GMEstimator = Choice("GMEstimator", {name: name for name in _ESTIMATORS})
 DatasetName = Choice("DatasetName", {name: name for name in ("mnist", "fashion_mnist", "cifar10", "mnist5k")})
-LipschitzLoss = Choice("LipschitzLoss", {name: name for name in LIPSCHITZ_LOSSES})
 
 DEVICES = tuple(c.value for c in Device)
 RAMP_SHAPES = tuple(c.value for c in RampShape)
 GM_WEIGHTS = tuple(c.value for c in GMWeights)
 EVAL_BOUNDS = ("ibp", "crown-ibp", "crown", "alpha-crown", "alpha-crown-full", "lipschitz")  # lipschitz: Lipschitz bound or any sound bound
 GM_ESTIMATORS = tuple(c.value for c in GMEstimator)
-FUSABLE_METHODS = ("crown_ibp", "gm_crown_ibp")  # methods with a CROWN backward pass
 DATASETS = tuple(c.value for c in DatasetName)
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range; the message names the key and the fix."""
-
-
-@dataclass
-class MethodConfig:
-    name: str = "crown_ibp"  # a key of certtrain.losses.ROBUST_LOSSES ("standard" trains without bounds)
-    kappa_final: float = 0.5  # weight of the clean CE at the end of the ramp (starts at 1)
-    beta_start: float = 1.0  # CROWN-IBP mixing: beta * CROWN-IBP + (1 - beta) * IBP bounds
-    beta_final: float = 0.0
-    # method=lipschitz only: margin-aware loss on the Lipschitz-certified margins (certtrain.lipschitz.losses)
-    # ce (cross-entropy with temperature) | hinge | dynamic_hinge (margin: half the distance to the other class)
-    lipschitz_loss: LipschitzLoss = LipschitzLoss.ce
-    temperature: float = 1.0  # ce: CE(T * margins) / T; Lipschitz nets need T >> 1
-    hinge_margin: float = 0.1  # hinge: relu(hinge_margin - smallest certified margin)
-    # crown_ibp / gm_crown_ibp: bound the CE itself from one backward row per sample (certtrain.bounds.fusion)
-    loss_fusion: bool = False
 
 
 @dataclass
@@ -92,7 +63,9 @@ class ScheduleConfig:
 
 @dataclass
 class GMConfig:
-    n: int = 4  # number of radii r_i = (i / n) * eps_t
+    # number of radii r_i = (i / n) * eps_t; null: the method's default (4 for gm_ibp and
+    # gm_crown_ibp, 1 for the others); ibp and crown_ibp always train at one radius
+    n: Optional[int] = None
     weights: GMWeights = GMWeights.inverse  # inverse | uniform | inverse_square | linear_decreasing | increasing
     # all: every sample at every radius; sampled: one radius per sample drawn with probability c_i
     # (one bound call, an unbiased estimate of the same loss); stratified: about B c_i per radius
@@ -115,6 +88,8 @@ class EvalConfig:
 
 @dataclass
 class TrainConfig:
+    # Typed by the chosen method's own config (certtrain.methods), which Hydra merges in from
+    # conf/method/<name>.yaml; train(None) and structured_config() do the same.
     method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -138,12 +113,23 @@ class TrainConfig:
     train_tf32: bool = False
 
 
+def structured_config(method: str = MethodConfig.name) -> Any:
+    """The schema with every default, typed by the method's own config: what `python train.py
+    method=<method>` composes with no other override."""
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), {"method": OmegaConf.structured(get_method(method).config)})
+
+
 def register_configs() -> None:
-    """Register the schema as `train_schema` and the `run_name` resolver used in hydra.run.dir.
+    """Register the schema as `train_schema`, each method's config as `method/<name>_schema`
+    (the schema its conf/method/<name>.yaml starts from), and the `run_name` resolver used in
+    hydra.run.dir.
 
     Idempotent: multirun jobs and tests share one process.
     """
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for name, record in METHODS.items():
+        store.store(group="method", name=f"{name}_schema", node=record.config)
     # A run without overrides gets the folder "defaults" instead of the bare parent folder.
     OmegaConf.register_new_resolver("run_name", run_folder_name, replace=True)
 
@@ -183,10 +169,12 @@ def _unknown_keys(cfg: Any, schema: Any, prefix: str = "") -> list[str]:
     return unknown
 
 
-def check_config(cfg: Any, methods=None, certifiers=EVAL_BOUNDS) -> None:
-    """Reject unknown keys (also those forced in with `+key=`) and out-of-range values,
-    with a message that names the key and the fix."""
-    unknown = [key for key in _unknown_keys(cfg, OmegaConf.structured(TrainConfig)) if key != "hydra"]
+def check_config(cfg: Any, certifiers=EVAL_BOUNDS) -> None:
+    """Reject unknown keys (also those forced in with `+key=`), out-of-range values and a
+    method paired with a model it cannot train, with a message that names the key and the fix."""
+    _check_choice("method.name", cfg.method.name, sorted(METHODS))
+    record = get_method(cfg.method.name)
+    unknown = [key for key in _unknown_keys(cfg, structured_config(cfg.method.name)) if key != "hydra"]
     if unknown:
         raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; see conf/config.yaml for the valid keys")
     if cfg.eps < 0:
@@ -207,15 +195,19 @@ def check_config(cfg: Any, methods=None, certifiers=EVAL_BOUNDS) -> None:
                               if key != "eval.subset" else f"eval.subset={value} must be at least 1")
     if cfg.log_every < 1:
         raise ConfigError(f"log_every={cfg.log_every} must be at least 1 (steps between train/* scalars)")
-    if cfg.gm.n < 1:
+    if cfg.gm.n is not None and cfg.gm.n < 1:
         raise ConfigError(f"gm.n={cfg.gm.n}: the global loss needs at least one radius, use gm.n >= 1")
+    if cfg.method.loss_fusion and not record.fusable:
+        fusable = [name for name, other in METHODS.items() if other.fusable]
+        raise ConfigError(
+            f"method.loss_fusion=true needs a CROWN backward pass, which method={record.name} has not; "
+            f"use it with method={' or method='.join(fusable)}, or set method.loss_fusion=false"
+        )
+    if record.models is not None and cfg.model.name not in record.models:
+        raise ConfigError(f"method={record.name} trains only model={' or model='.join(record.models)}, "
+                          f"not model={cfg.model.name}; choose one of those")
     _check_choice("gm.weights", cfg.gm.weights, GM_WEIGHTS)
     _check_choice("gm.estimator", cfg.gm.estimator, GM_ESTIMATORS)
-    if cfg.method.loss_fusion and cfg.method.name not in FUSABLE_METHODS:
-        raise ConfigError(
-            f"method.loss_fusion=true needs a CROWN backward pass, which method={cfg.method.name} has not; "
-            f"use it with method={' or method='.join(FUSABLE_METHODS)}, or set method.loss_fusion=false"
-        )
     if cfg.eval.eps_grid is not None:
         if len(cfg.eval.eps_grid) == 0:
             raise ConfigError("eval.eps_grid is empty; give at least one radius, e.g. eval.eps_grid=[0.1,0.2], "
@@ -227,8 +219,6 @@ def check_config(cfg: Any, methods=None, certifiers=EVAL_BOUNDS) -> None:
     _check_choice("device", cfg.device, DEVICES)
     _check_choice("schedule.ramp_shape", cfg.schedule.ramp_shape, RAMP_SHAPES)
     _check_choice("dataset.name", cfg.dataset.name, DATASETS)
-    if methods is not None:
-        _check_choice("method.name", cfg.method.name, sorted(methods))
     positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "eval.batch_size": cfg.eval.batch_size}
     for key, value in positive.items():
         if value < 1:
@@ -237,13 +227,12 @@ def check_config(cfg: Any, methods=None, certifiers=EVAL_BOUNDS) -> None:
         raise ConfigError(f"lr={cfg.lr} must be positive")
     if cfg.schedule.warmup_epochs < 0 or cfg.schedule.ramp_epochs < 0:
         raise ConfigError("schedule.warmup_epochs and schedule.ramp_epochs must be >= 0")
-    _check_choice("method.lipschitz_loss", cfg.method.lipschitz_loss, LIPSCHITZ_LOSSES)
-    if cfg.method.temperature <= 0:
-        raise ConfigError(f"method.temperature={cfg.method.temperature} must be positive")
     for key in ("kappa_final", "beta_start", "beta_final"):
         value = cfg.method[key]
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"method.{key}={value} must lie in [0, 1]")
+    if record.check is not None:
+        record.check(cfg)
 
 
 def train_eps(cfg: Any) -> float:

@@ -23,6 +23,7 @@ What a run means with N ranks:
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -73,9 +74,21 @@ def start(world: World, device: torch.device) -> None:
         dist.init_process_group(backend, rank=world.rank, world_size=world.size, timeout=COLLECTIVE_TIMEOUT)
 
 
-def stop(world: World) -> None:
-    if world.active and dist.is_initialized():
-        dist.destroy_process_group()
+def stop(world: World, finished: bool = True) -> None:
+    """Leave the process group while the interpreter is fully alive.
+
+    A finished run first waits at a barrier, so no rank tears its connections down while a peer
+    still talks to it; then the group is destroyed and whatever referenced it collected, so gloo's
+    worker threads are joined here and not during interpreter shutdown (a process that exits with
+    them alive aborts with "terminate called without an active exception"). A run that failed
+    skips the barrier: its peers may be waiting in another collective.
+    """
+    if not (world.active and dist.is_initialized()):
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def sum_gradients(model: nn.Module, world: World) -> None:

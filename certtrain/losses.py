@@ -1,8 +1,9 @@
 """Certified-training losses: kappa * CE(f(x), y) + (1 - kappa) * L_rob.
 
-L_rob comes from the lower bounds m of the margins f_y - f_j (j != y): CE(-m, y) with m padded
-with 0 at the true class. Methods are entries of ROBUST_LOSSES, keyed by `method.name`;
-a new method registers one function with `@register_robust_loss("name")`.
+The machinery every method's robust loss is made of: the input box, CE(-m, y) of the margin
+lower bounds m (padded with 0 at the true class), the per-sample worst-case CE bound, and the
+global loss over radii (gm_loss) of any per-sample loss. The methods themselves are records in
+certtrain.methods.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from certtrain.config import GM_ESTIMATORS
-from certtrain.lipschitz import method as lipschitz_method
+# gm.estimator: all | sampled | stratified (see gm_loss and radius_draw)
+GM_ESTIMATORS = ("all", "sampled", "stratified")
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class RobustContext:
     y: torch.Tensor
     eps: float  # current radius eps_t
     beta: float  # CROWN-IBP mixing weight
-    gm_n: int = 1
+    gm_n: int | None = 1  # radii of the global loss; None: the method's default (certtrain.methods)
     gm_weights: str = "inverse"
     num_classes: int = 10
     logits: torch.Tensor | None = None  # f(x), when the caller has it already
@@ -41,21 +42,6 @@ class RobustContext:
 
 
 RobustLoss = Callable[[RobustContext], torch.Tensor]
-ROBUST_LOSSES: dict[str, RobustLoss | None] = {"standard": None}
-
-
-def register_robust_loss(name: str) -> Callable[[RobustLoss], RobustLoss]:
-    def add(fn: RobustLoss) -> RobustLoss:
-        ROBUST_LOSSES[name] = fn
-        return fn
-
-    return add
-
-
-def get_robust_loss(name: str) -> RobustLoss | None:
-    if name not in ROBUST_LOSSES:
-        raise ValueError(f"unknown method {name!r}; choose one of {', '.join(sorted(ROBUST_LOSSES))}")
-    return ROBUST_LOSSES[name]
 
 
 def input_box(x: torch.Tensor, radius: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,21 +125,23 @@ def stack_radii_by_default(device: torch.device) -> bool:
     return device.type != "cpu"
 
 
-def global_robust_loss(ctx: RobustContext, beta: float, stack_radii: bool | None = None) -> torch.Tensor:
-    """sum_i c_i mean_batch CE(-m(x, r_i), y) over the radii r_i = (i / n) eps, or an unbiased
-    estimate of it (ctx.gm_estimator, see radius_draw). With n = 1 this is exactly the local
-    loss. stack_radii=None chooses by device (see stack_radii_by_default); it only matters for
-    the `all` estimator."""
+# Per-sample robust loss at a radius: (x, radius broadcastable to x, y) -> (B,) losses. Every
+# method that trains at a radius writes one; gm_loss turns it into the local or the global loss.
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def gm_loss(ctx: RobustContext, per_sample: PerSampleLoss, stack_radii: bool | None = None) -> torch.Tensor:
+    """sum_i c_i mean_batch L(x, r_i, y) over the radii r_i = (i / n) eps, or an unbiased estimate
+    of it (ctx.gm_estimator, see radius_draw), for any per-sample loss L. With n = 1 this is
+    exactly the local loss mean_batch L(x, eps, y). stack_radii=None chooses by device (see
+    stack_radii_by_default); it only matters for the `all` estimator."""
     if ctx.gm_estimator not in GM_ESTIMATORS:
         raise ValueError(f"gm.estimator={ctx.gm_estimator!r} is not known; choose one of {', '.join(GM_ESTIMATORS)}")
     n, batch = ctx.gm_n, len(ctx.x)
+    pixel = [1] * (ctx.x.dim() - 1)  # a radius per sample broadcasts over its pixels
     radii = radius_grid(ctx.eps, n).to(ctx.x.device)
     host_weights = radius_weights(n, ctx.gm_weights)  # the draws are made on the CPU
     weights = host_weights.to(ctx.x.device)
-
-    def per_sample(x_lower, x_upper, labels):
-        return robust_ce_per_sample(ctx.model, ctx.x, labels, x_lower, x_upper, beta, ctx.num_classes, ctx.loss_fusion)
-
     if n > 1 and ctx.gm_estimator != "all":
         if ctx.batch_shard is None:
             index, sample_weight = radius_draw(host_weights, batch, ctx.gm_estimator, ctx.generator)
@@ -162,18 +150,32 @@ def global_robust_loss(ctx: RobustContext, beta: float, stack_radii: bool | None
             index, sample_weight = radius_draw(host_weights, total, ctx.gm_estimator, ctx.generator)
             index, sample_weight = index[begin:end], sample_weight[begin:end] * (total / batch)
         index, sample_weight = index.to(ctx.x.device), sample_weight.to(ctx.x.device)
-        x_lower, x_upper = input_box(ctx.x, radii[index].view(-1, *([1] * (ctx.x.dim() - 1))))
-        return (sample_weight * per_sample(x_lower, x_upper, ctx.y)).sum()
+        return (sample_weight * per_sample(ctx.x, radii[index].view(-1, *pixel), ctx.y)).sum()
     if stack_radii is None:
         stack_radii = stack_radii_by_default(ctx.x.device)
     if n == 1 or not stack_radii:
-        per_radius = [per_sample(*input_box(ctx.x, radius), ctx.y).mean() for radius in radii]
+        per_radius = [per_sample(ctx.x, radius, ctx.y).mean() for radius in radii]
         return (weights * torch.stack(per_radius)).sum()
-    stacked = ctx.x.repeat(n, *([1] * (ctx.x.dim() - 1)))
-    per_sample_radius = radii.repeat_interleave(batch).view(-1, *([1] * (ctx.x.dim() - 1)))
-    x_lower, x_upper = input_box(stacked, per_sample_radius)
-    per_radius = per_sample(x_lower, x_upper, ctx.y.repeat(n)).view(n, batch).mean(dim=1)
+    stacked = ctx.x.repeat(n, *pixel)
+    per_sample_radius = radii.repeat_interleave(batch).view(-1, *pixel)
+    per_radius = per_sample(stacked, per_sample_radius, ctx.y.repeat(n)).view(n, batch).mean(dim=1)
     return (weights * per_radius).sum()
+
+
+def bound_loss(ctx: RobustContext, beta: float) -> PerSampleLoss:
+    """The per-sample loss of IBP (beta 0) and CROWN-IBP: the worst-case CE bound over the box.
+    BatchNorm statistics come from the clean batch ctx.x whatever x is (stacked radii repeat it)."""
+
+    def per_sample(x: torch.Tensor, radius: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x_lower, x_upper = input_box(x, radius)
+        return robust_ce_per_sample(ctx.model, ctx.x, y, x_lower, x_upper, beta, ctx.num_classes, ctx.loss_fusion)
+
+    return per_sample
+
+
+def global_robust_loss(ctx: RobustContext, beta: float, stack_radii: bool | None = None) -> torch.Tensor:
+    """The GM loss over IBP (beta 0) or CROWN-IBP margins: gm_loss of bound_loss."""
+    return gm_loss(ctx, bound_loss(ctx, beta), stack_radii)
 
 
 def radius_draw(
@@ -214,37 +216,8 @@ def _largest_remainder_counts(weights: torch.Tensor, total: int) -> torch.Tensor
     return counts + 1
 
 
-@register_robust_loss("ibp")
-def ibp_loss(ctx: RobustContext) -> torch.Tensor:
-    return global_robust_loss(_local(ctx), beta=0.0)
-
-
-@register_robust_loss("crown_ibp")
-def crown_ibp_loss(ctx: RobustContext) -> torch.Tensor:
-    return global_robust_loss(_local(ctx), beta=ctx.beta)
-
-
-@register_robust_loss("gm_ibp")
-def gm_ibp_loss(ctx: RobustContext) -> torch.Tensor:
-    return global_robust_loss(ctx, beta=0.0)
-
-
-@register_robust_loss("gm_crown_ibp")
-def gm_crown_ibp_loss(ctx: RobustContext) -> torch.Tensor:
-    return global_robust_loss(ctx, beta=ctx.beta)
-
-
-# Kitouni et al.'s Lipschitz networks: the robust term lives with the rest of that method.
-register_robust_loss("lipschitz")(lipschitz_method.robust_loss)
-
-
-def _local(ctx: RobustContext) -> RobustContext:
-    """The local loss is the global one with a single radius eps_t (weight 1)."""
-    return replace(ctx, gm_n=1, gm_weights="uniform")
-
-
 def training_loss(
-    method: str, ctx: RobustContext, kappa: float, logits: torch.Tensor | None = None
+    robust_fn: RobustLoss | None, ctx: RobustContext, kappa: float, logits: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """kappa * CE(f(x), y) + (1 - kappa) * L_rob; also returns the parts for logging, as
     detached tensors (reading them is a host synchronisation: log them every log_every steps).
@@ -252,7 +225,6 @@ def training_loss(
     The robust term is skipped (not just weighted by 0) when kappa is 1 or eps is 0, so warm-up
     epochs cost what plain training costs.
     """
-    robust_fn = get_robust_loss(method)
     logits = ctx.model(ctx.x) if logits is None else logits
     clean = F.cross_entropy(logits, ctx.y)
     if robust_fn is None or kappa >= 1.0 or ctx.eps <= 0.0:

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from certtrain.atomic import atomic_write_text
 from certtrain.augment import random_crop_flip
 from certtrain.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from certtrain.config import ConfigError, TrainConfig, check_config, eval_grid, train_eps
+from certtrain.config import ConfigError, check_config, eval_grid, structured_config, train_eps
 from certtrain.data import Split, to_float
 from certtrain.distributed import (
     SINGLE,
@@ -36,8 +36,9 @@ from certtrain.distributed import (
 from certtrain.distributed import start as start_world
 from certtrain.distributed import stop as stop_world
 from certtrain.download import load_or_download
-from certtrain.evaluate import CERTIFIERS, METHOD_CERTIFIERS, evaluate
-from certtrain.losses import ROBUST_LOSSES, RobustContext, training_loss
+from certtrain.evaluate import CERTIFIERS, evaluate
+from certtrain.losses import RobustContext
+from certtrain.methods import get_method, training_loss
 from certtrain.models import build_model
 from certtrain.precision import allow_tf32
 from certtrain.provenance import provenance
@@ -92,9 +93,12 @@ def _batches(split: Split, batch_size: int, generator: torch.Generator, augment:
 
 
 def _as_config(cfg) -> DictConfig:
+    """A Hydra-composed config as it is; None (every default) or a TrainConfig typed by its method's schema."""
     if isinstance(cfg, DictConfig):
         return cfg
-    return OmegaConf.structured(cfg if cfg is not None else TrainConfig())
+    if cfg is None:
+        return structured_config()
+    return OmegaConf.merge(structured_config(cfg.method.name), OmegaConf.to_container(OmegaConf.structured(cfg)))
 
 
 def _default_run_dir() -> Path:
@@ -133,14 +137,17 @@ class Run:
 def train(cfg, run_dir: str | Path | None = None) -> dict:
     """Train, checkpoint every epoch, evaluate; returns the final metrics (also in metrics.json)."""
     cfg = _as_config(cfg)
-    check_config(cfg, methods=ROBUST_LOSSES, certifiers=CERTIFIERS)
+    check_config(cfg, certifiers=CERTIFIERS)
     world = world_from_env()
     device = resolve_device(cfg.device, world)
     start_world(world, device)
     try:
-        return _train(cfg, Path(run_dir) if run_dir is not None else _default_run_dir(), world, device)
-    finally:
-        stop_world(world)
+        metrics = _train(cfg, Path(run_dir) if run_dir is not None else _default_run_dir(), world, device)
+    except BaseException:
+        stop_world(world, finished=False)
+        raise
+    stop_world(world)
+    return metrics
 
 
 def _train(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -> dict:
@@ -192,7 +199,7 @@ def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.devic
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model={cfg.model.name} with model.options={model_options}: {err}; "
                           "see the builder's parameters in certtrain/models or certtrain/lipschitz/zoo.py") from err
-    trains_robustly = ROBUST_LOSSES[cfg.method.name] is not None
+    trains_robustly = get_method(cfg.method.name).loss is not None
     schedule = RampSchedule(
         eps_train=train_eps(cfg) if trains_robustly else 0.0,
         steps_per_epoch=math.ceil(len(train_split) / cfg.batch_size),
@@ -384,6 +391,7 @@ def _final_evaluation(run: Run, step: int, seconds: float) -> dict:
         seed=cfg.seed,
         gm_estimator=cfg.gm.estimator,
         loss_fusion=cfg.method.loss_fusion,
+        gm_n=get_method(cfg.method.name).gm_n(cfg.gm.n),
         provenance=run.provenance,
         world_size=run.world.size,
     )
@@ -405,7 +413,13 @@ def _verified_summary(metrics: dict, eps: float) -> str:
 
 
 def _eval_bounds(cfg, final: bool = False) -> list[str]:
-    """eval.bounds (eval.final_bounds at the end, when set), plus the certifiers the method brings
-    (METHOD_CERTIFIERS, e.g. the Lipschitz certificate of method=lipschitz)."""
-    bounds = list(cfg.eval.final_bounds if final and cfg.eval.final_bounds is not None else cfg.eval.bounds)
-    return bounds + [b for b in METHOD_CERTIFIERS.get(str(cfg.method.name), ()) if b not in bounds]
+    """eval.bounds (eval.final_bounds at the end, when set, else eval.bounds and the method's
+    final certifiers), plus the certifiers the method brings (e.g. the Lipschitz certificate of
+    method=lipschitz); see certtrain.methods.record.Method."""
+    record = get_method(cfg.method.name)
+    if final and cfg.eval.final_bounds is not None:
+        bounds = list(cfg.eval.final_bounds)
+    else:
+        bounds = list(cfg.eval.bounds) + list(record.final_certifiers if final else ())
+    return list(dict.fromkeys(bounds + list(record.certifiers)))
+

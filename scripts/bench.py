@@ -26,7 +26,8 @@ import time
 
 import torch
 
-from certtrain.losses import RobustContext, training_loss
+from certtrain.losses import RobustContext
+from certtrain.methods import get_method, training_loss
 from certtrain.models import build_model
 
 # bench key -> (training method, gm.estimator, method.loss_fusion)
@@ -38,11 +39,23 @@ VARIANTS = {
     "gm_crown_ibp_sampled": ("gm_crown_ibp", "sampled", False),
     "crown_ibp_fused": ("crown_ibp", "all", True),
     "gm_crown_ibp_sampled_fused": ("gm_crown_ibp", "sampled", True),
+    "sabr": ("sabr", "all", False),
+    "mtl_ibp": ("mtl_ibp", "all", False),
+    "cc_ibp": ("cc_ibp", "all", False),
+    "exp_ibp": ("exp_ibp", "all", False),
 }
 METHODS = tuple(VARIANTS)
 
 
-def make_step(model, optimizer, variant: str, eps: float, gm_n: int):
+def _method_config(method: str, attack_steps: int | None):
+    """The method's default config; the attack methods with --attack-steps when it is given."""
+    config = get_method(method).config()
+    if attack_steps is not None and hasattr(config, "attack_steps"):
+        config.attack_steps = attack_steps
+    return config
+
+
+def make_step(model, optimizer, variant: str, eps: float, gm_n: int, attack_steps: int | None = None):
     """One training step of `variant` at radius eps with kappa = 0 (pure robust loss, beta = 1)."""
     method, estimator, fused = VARIANTS[variant]
     generator = torch.Generator().manual_seed(0)
@@ -50,8 +63,8 @@ def make_step(model, optimizer, variant: str, eps: float, gm_n: int):
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
         context = RobustContext(
-            model, x, y, eps=eps, beta=1.0, gm_n=gm_n if method.startswith("gm_") else 1,
-            gm_estimator=estimator, loss_fusion=fused, generator=generator,
+            model, x, y, eps=eps, beta=1.0, gm_n=gm_n if method.startswith("gm_") else None,
+            gm_estimator=estimator, loss_fusion=fused, generator=generator, method=_method_config(method, attack_steps),
         )
         loss, _ = training_loss(method, context, kappa=0.0)
         loss.backward()
@@ -64,7 +77,8 @@ def time_methods(model, methods, x, y, args) -> dict[str, float]:
     """Median ms per step of each method. The methods take turns, one step each per round, so a
     machine that speeds up or slows down during the run (other load, clocks) shifts every
     method alike and the ratios stay comparable; every method is warmed up first (compiling)."""
-    steps = {m: make_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), m, args.eps, args.gm_n) for m in methods}
+    steps = {m: make_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), m, args.eps, args.gm_n, args.attack_steps)
+             for m in methods}
     for _ in range(args.warmup):
         for step in steps.values():
             step(x, y)
@@ -90,6 +104,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--gm-n", type=int, default=4)
+    parser.add_argument("--attack-steps", type=int, default=None, help="training attack steps of sabr, mtl_ibp, ... "
+                        "(default: their configs')")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
@@ -114,6 +130,7 @@ def main(argv=None) -> dict:
         for key, base in (
             ("gm_crown_ibp_sampled", "crown_ibp"), ("gm_crown_ibp", "crown_ibp"), ("crown_ibp_fused", "ibp"),
             ("crown_ibp", "ibp"), ("gm_crown_ibp_sampled_fused", "ibp"),
+            ("sabr", "ibp"), ("mtl_ibp", "ibp"), ("cc_ibp", "ibp"), ("exp_ibp", "ibp"),
         )
         if key in ms and base in ms
     }

@@ -22,7 +22,8 @@ import torch
 from certtrain.attacks import pgd_attack
 from certtrain.bounds import ce_upper_bound, compute_bounds, intermediate_bounds, lower_bounds, margin_spec
 from certtrain.evaluate import CERTIFIERS
-from certtrain.losses import ROBUST_LOSSES, RobustContext, global_robust_loss, training_loss
+from certtrain.losses import RobustContext, global_robust_loss
+from certtrain.methods import METHODS, get_method, training_loss
 from certtrain.models import build_model
 from tests.bounds_nets import KINDS, init_random, random_conv_net
 
@@ -92,12 +93,12 @@ def test_loss_fusion_and_intermediate_bounds(kind):
 
 LOSS_CASES = [
     (method, estimator, fusion, stack)
-    for method in sorted(name for name, fn in ROBUST_LOSSES.items() if fn is not None and name != "lipschitz")
+    for method in sorted(name for name, record in METHODS.items() if record.loss is not None and name != "lipschitz")
     for estimator in ("all", "sampled", "stratified")
     for fusion in (False, True)
     for stack in (False, True)
     if (fusion is False or method in ("crown_ibp", "gm_crown_ibp"))
-    and (estimator == "all" or method.startswith("gm_"))
+    and (estimator == "all" or get_method(method).radii != "local")
     and (stack is False or estimator == "all")
 ]
 
@@ -114,7 +115,7 @@ def test_every_robust_loss_and_its_gradient(method, estimator, fusion, stack, mo
     def loss_of(m, xs, ys):
         ctx = RobustContext(
             m, xs, ys, eps=0.1, beta=0.5, gm_n=3, num_classes=num_classes, gm_estimator=estimator,
-            loss_fusion=fusion, generator=torch.Generator().manual_seed(0),
+            loss_fusion=fusion, generator=torch.Generator().manual_seed(0), method=get_method(method).config(),
         )
         loss, parts = training_loss(method, ctx, kappa=0.5)
         loss.backward()
@@ -134,9 +135,9 @@ def test_every_robust_loss_and_its_gradient(method, estimator, fusion, stack, mo
 def test_lipschitz_loss_on_the_device():
     model = build_model("lipschitz_mlp", "mnist")
     x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
-    expected = ROBUST_LOSSES["lipschitz"](RobustContext(model, x, y, 0.1, 0.0, method=None))
+    expected = get_method("lipschitz").loss(RobustContext(model, x, y, 0.1, 0.0, method=get_method("lipschitz").config(temperature=1.0)))
     d_model, d_x, d_y = on_device(model, x, y)
-    got = ROBUST_LOSSES["lipschitz"](RobustContext(d_model, d_x, d_y, 0.1, 0.0, method=None))
+    got = get_method("lipschitz").loss(RobustContext(d_model, d_x, d_y, 0.1, 0.0, method=get_method("lipschitz").config(temperature=1.0)))
     same_as_cpu(got, expected.detach())
 
 

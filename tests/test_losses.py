@@ -11,7 +11,6 @@ from torch import nn
 from certtrain import losses
 from certtrain.losses import (
     RobustContext,
-    get_robust_loss,
     global_robust_loss,
     stack_radii_by_default,
     input_box,
@@ -19,8 +18,8 @@ from certtrain.losses import (
     radius_grid,
     radius_weights,
     robust_cross_entropy,
-    training_loss,
 )
+from certtrain.methods import METHODS, Method, MethodConfig, get_method, training_loss
 
 bounds = pytest.importorskip("certtrain.bounds", reason="the bound engine (certtrain.bounds) is not installed")
 
@@ -90,14 +89,14 @@ def test_local_loss_matches_a_direct_computation():
     eps = 0.1
     direct_lower = bounds.lower_bounds(model, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1), bounds.margin_spec(y, 5), "ibp")
     expected = robust_cross_entropy(direct_lower, y).mean()
-    assert torch.allclose(get_robust_loss("ibp")(context(model, x, y, eps)), expected, atol=1e-6)
+    assert torch.allclose(get_method("ibp").robust_loss(context(model, x, y, eps)), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("method,beta", [("ibp", 0.0), ("crown_ibp", 1.0), ("crown_ibp", 0.3)])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_n_equal_one_is_exactly_the_local_loss(method, beta, scheme):
     model, (x, y) = small_net(), batch()
-    local = get_robust_loss(method)(context(model, x, y, 0.07, beta=beta))
+    local = get_method(method).robust_loss(context(model, x, y, 0.07, beta=beta))
     gm = global_robust_loss(context(model, x, y, 0.07, n=1, weights=scheme), beta=beta)
     assert torch.equal(local, gm)
 
@@ -108,7 +107,7 @@ def test_uniform_weights_give_the_mean_of_local_losses(beta):
     eps, n = 0.2, 4
     gm = global_robust_loss(context(model, x, y, eps, n=n, weights="uniform"), beta=beta)
     method = "ibp" if beta == 0.0 else "crown_ibp"
-    per_radius = [get_robust_loss(method)(context(model, x, y, eps * i / n, beta=beta)) for i in range(1, n + 1)]
+    per_radius = [get_method(method).robust_loss(context(model, x, y, eps * i / n, beta=beta)) for i in range(1, n + 1)]
     assert gm.item() == pytest.approx(torch.stack(per_radius).mean().item(), rel=1e-5)
 
 
@@ -123,7 +122,7 @@ def test_inverse_weights_favour_small_radii():
 def test_robust_loss_bounds_the_clean_loss_and_grows_with_eps():
     model, (x, y) = small_net(), batch()
     clean = F.cross_entropy(model(x), y)
-    values = [get_robust_loss("ibp")(context(model, x, y, eps)).item() for eps in (0.0, 0.05, 0.1, 0.2)]
+    values = [get_method("ibp").robust_loss(context(model, x, y, eps)).item() for eps in (0.0, 0.05, 0.1, 0.2)]
     assert values[0] == pytest.approx(clean.item(), rel=1e-5)
     assert values == sorted(values) and values[-1] > values[0]
 
@@ -138,7 +137,7 @@ def test_crown_ibp_mixes_the_two_bounds_and_skips_crown_at_beta_zero(monkeypatch
     calls = []
     real = bounds.lower_bounds
     monkeypatch.setattr(bounds, "lower_bounds", lambda *a, method, **k: calls.append(method) or real(*a, method=method, **k))
-    get_robust_loss("crown_ibp")(context(model, x, y, 0.1, beta=0.0))
+    get_method("crown_ibp").robust_loss(context(model, x, y, 0.1, beta=0.0))
     assert calls == ["ibp"]
 
 
@@ -167,7 +166,7 @@ def test_training_loss_mixes_clean_and_robust_terms():
     model, (x, y) = small_net(), batch()
     ctx = context(model, x, y, 0.1)
     clean = F.cross_entropy(model(x), y)
-    robust = get_robust_loss("ibp")(ctx)
+    robust = get_method("ibp").robust_loss(ctx)
     loss, parts = training_loss("ibp", ctx, kappa=0.25)
     assert loss.item() == pytest.approx((0.25 * clean + 0.75 * robust).item(), rel=1e-6)
     assert set(parts) == {"clean_ce", "robust_ce"}
@@ -190,9 +189,9 @@ def test_kappa_zero_keeps_the_clean_pass_out_of_the_backward_pass():
 
 
 def test_registry_accepts_new_methods_and_rejects_unknown_names(monkeypatch):
-    monkeypatch.setitem(losses.ROBUST_LOSSES, "constant", lambda ctx: torch.tensor(2.0))
+    monkeypatch.setitem(METHODS, "constant", Method("constant", MethodConfig, lambda ctx: torch.tensor(2.0), "a toy"))
     model, (x, y) = small_net(), batch()
     loss, _ = training_loss("constant", context(model, x, y, 0.1), kappa=0.5)
     assert loss.item() == pytest.approx(0.5 * F.cross_entropy(model(x), y).item() + 1.0, rel=1e-6)
     with pytest.raises(ValueError, match="unknown method"):
-        get_robust_loss("lipschitz_typo")
+        get_method("lipschitz_typo")

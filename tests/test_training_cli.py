@@ -83,9 +83,12 @@ def test_final_evaluation_may_use_alpha_crown_and_logs_each_certifiers_cost(data
     cfg = compose_config("method=ibp", *TINY, f"data_dir={data_dir}", "eval.every=0",
                          "eval.final_bounds=[ibp,crown-ibp,alpha-crown]")
     metrics = train(cfg, run_dir=tmp_path)
-    assert set(metrics["verified_err"]) == {"ibp", "crown-ibp", "alpha-crown"}
+    assert set(metrics["verified_err"]) == {"ibp", "crown-ibp", "alpha-crown", "best"}
     for eps, ibp in metrics["verified_err"]["ibp"].items():
         assert metrics["pgd_err"][eps] <= metrics["verified_err"]["alpha-crown"][eps] <= ibp  # alpha >= IBP bound
+        # the per-sample union is at most every certifier's own figure, and at least PGD's
+        single = min(curve[eps] for bound, curve in metrics["verified_err"].items() if bound != "best")
+        assert metrics["pgd_err"][eps] <= metrics["verified_err"]["best"][eps] <= single
     assert set(metrics["certify_seconds"]) == {"ibp", "crown-ibp", "alpha-crown"}
     assert metrics["certify_seconds"]["alpha-crown"] > metrics["certify_seconds"]["ibp"] > 0
     assert {f"cost/certify_seconds/{b}" for b in ("ibp", "crown-ibp", "alpha-crown")} <= scalar_tags(tmp_path)
