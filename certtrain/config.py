@@ -25,6 +25,7 @@ Device = Choice("Device", {name: name for name in ("auto", "cpu", "cuda")})
 RampShape = Choice("RampShape", {name: name for name in ("linear", "smoothed")})
 GMWeights = Choice("GMWeights", {n: n for n in ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")})
 GMEstimator = Choice("GMEstimator", {name: name for name in _ESTIMATORS})
+ModelInit = Choice("ModelInit", {name: name for name in ("default", "ibp")})
 DatasetName = Choice("DatasetName", {name: name for name in ("mnist", "fashion_mnist", "cifar10", "mnist5k")})
 
 DEVICES = tuple(c.value for c in Device)
@@ -41,6 +42,9 @@ class ModelConfig:
     # Keyword arguments of the architecture's builder (+model.options.width=1024), e.g. for lipschitz_mlp: width, depth,
     # group_size (2 or full), vectorwise (eq. 2.8 or 2.7), budget (clip | scale), mode (direct | project).
     options: Dict[str, Any] = field(default_factory=dict)
+    # default: PyTorch's initialisation (cnn7 always uses Shi et al.'s); ibp: Shi et al.'s IBP
+    # initialisation w ~ N(0, (sqrt(2 pi) / fan_in)^2), zero bias (certtrain.models.zoo.ibp_init_)
+    init: ModelInit = ModelInit.default
 
 
 @dataclass

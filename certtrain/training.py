@@ -40,6 +40,7 @@ from certtrain.evaluate import CERTIFIERS, evaluate
 from certtrain.losses import RobustContext
 from certtrain.methods import get_method, training_loss
 from certtrain.models import build_model
+from certtrain.models.zoo import ibp_init_
 from certtrain.precision import allow_tf32
 from certtrain.provenance import provenance
 from certtrain.reporting import NullWriter, flat_hparams, log_eval_scalars, log_hparams, save_drawdown
@@ -195,7 +196,10 @@ def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.devic
     stats_of = MODEL_STATS_OF.get(str(cfg.dataset.name), str(cfg.dataset.name))  # plain str: saved in checkpoints
     model_options = OmegaConf.to_container(cfg.model.options, resolve=True)
     try:
-        model = build_model(cfg.model.name, stats_of, **model_options).to(device)
+        model = build_model(cfg.model.name, stats_of, **model_options)
+        if cfg.model.init == "ibp":
+            ibp_init_(model)
+        model = model.to(device)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"model={cfg.model.name} with model.options={model_options}: {err}; "
                           "see the builder's parameters in certtrain/models or certtrain/lipschitz/zoo.py") from err
