@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from certtrain.attacks import pgd_attack
+from certtrain.bounds import certified, lower_bounds, margin_spec
 from certtrain.data import Split, to_float
 from certtrain.distributed import SINGLE, World, sum_over_ranks
 from certtrain.lipschitz import method as lipschitz_method
@@ -26,8 +27,6 @@ Certifier = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, int], torch.
 def _bound_certifier(method: str) -> Certifier:
     @certifier
     def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int) -> torch.Tensor:
-        from certtrain.bounds import certified, lower_bounds, margin_spec
-
         x_lower, x_upper = input_box(x, eps)
         margins = lower_bounds(model, x_lower, x_upper, margin_spec(y, num_classes), method=method)
         # Every margin lower bound > 0, with the engine's float32 rounding slack.

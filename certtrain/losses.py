@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from certtrain.bounds import ce_upper_bound, crown_ibp_and_ibp_lower, lower_bounds, margin_spec, other_classes
+
 # gm.estimator: all | sampled | stratified (see gm_loss and radius_draw)
 GM_ESTIMATORS = ("all", "sampled", "stratified")
 
@@ -51,8 +53,6 @@ def input_box(x: torch.Tensor, radius: torch.Tensor | float) -> tuple[torch.Tens
 
 def robust_cross_entropy(margin_lower: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample CE(-m, y): m (B, K-1) lower bounds of f_y - f_j for j != y in increasing j."""
-    from certtrain.bounds import other_classes
-
     batch, others = margin_lower.shape
     worst_logits = margin_lower.new_zeros(batch, others + 1)
     worst_logits = worst_logits.scatter(1, other_classes(y, others + 1), -margin_lower)
@@ -65,8 +65,6 @@ def margin_lower_bounds(
     """beta * m_CROWN-IBP + (1 - beta) * m_IBP; the CROWN pass is skipped at beta = 0 and the
     IBP pass at beta = 1; in between both share one interval pass. `x` is the clean batch
     (BatchNorm statistics come from it)."""
-    from certtrain.bounds import crown_ibp_and_ibp_lower, lower_bounds, margin_spec
-
     spec = margin_spec(y, num_classes)
     if beta <= 0.0:
         return lower_bounds(model, x_lower, x_upper, spec, method="ibp", x=x)
@@ -87,8 +85,6 @@ def robust_ce_per_sample(
     """
     if not loss_fusion or beta <= 0.0:
         return robust_cross_entropy(margin_lower_bounds(model, x, y, x_lower, x_upper, beta, num_classes), y)
-    from certtrain.bounds import ce_upper_bound
-
     fused, ibp = ce_upper_bound(model, x_lower, x_upper, y, method="crown-ibp", x=x, with_ibp=True)
     return fused if beta >= 1.0 else beta * fused + (1.0 - beta) * ibp
 

@@ -7,7 +7,7 @@ import json
 import torch
 from torch import nn
 
-from certtrain.models.layers import GroupSort, Normalize
+from certtrain.layers import GroupSort, Normalize
 
 
 def from_spec(spec) -> nn.Sequential:

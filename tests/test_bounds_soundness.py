@@ -18,7 +18,7 @@ from certtrain.bounds import (
     lower_bounds,
     margin_spec,
 )
-from certtrain.models.layers import GroupSort
+from certtrain.layers import GroupSort
 from tests.bounds_nets import KINDS, init_random, random_conv_net
 
 METHODS = ("ibp", "crown-ibp", "crown")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from certtrain.models import layers
+from certtrain import layers
 from certtrain.lipschitz import GroupSort, LipschitzLinear, lipschitz_bound
 from certtrain.lipschitz import attach_projection, normalize_weight, operator_norm
 from certtrain.lipschitz.zoo import lipschitz_mlp, lipschitz_stack

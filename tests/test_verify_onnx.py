@@ -11,7 +11,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from certtrain.models.layers import Normalize
+from certtrain.layers import Normalize
 from certtrain.verify import VerifyOptions, verify
 from certtrain.verify.loading import load_network
 from certtrain.verify.onnx_import import UnsupportedOnnxError, load_onnx

@@ -15,7 +15,7 @@ from certtrain.bounds.ops import (
     ReLUOp,
     ScaleShiftOp,
 )
-from certtrain.models.layers import GroupSort, Normalize
+from certtrain.layers import GroupSort, Normalize
 
 SUPPORTED = (
     "Linear, Conv2d, ReLU, Flatten, BatchNorm1d/2d, AvgPool2d, MaxPool2d, Identity, Dropout, Normalize, GroupSort"

@@ -21,7 +21,7 @@ from certtrain.lipschitz.layers import (
     project_lipschitz_,
 )
 from certtrain.lipschitz.monotonic import MonotonicWrapper
-from certtrain.models.layers import GroupSort
+from certtrain.layers import GroupSort
 
 __all__ = [
     "GroupSort",

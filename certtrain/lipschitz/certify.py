@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from certtrain.bounds import certified, lower_bounds, margin_spec
 from certtrain.lipschitz.bound import margin_sensitivities
 
 
@@ -48,8 +49,6 @@ def lipschitz_margin_lower_bounds(model: nn.Module, logits: torch.Tensor, y: tor
 def lipschitz_certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """(B,) bool: the Lipschitz certificate proves the prediction constant on the eps ball,
     with the bound engine's float32 slack (a bound positive only by rounding does not count)."""
-    from certtrain.bounds import certified
-
     return certified(lipschitz_margin_lower_bounds(model, model(x), y, eps))
 
 
@@ -61,9 +60,6 @@ def certify_any(
 
     The engine runs only on the samples the Lipschitz certificate leaves open.
     """
-    from certtrain.bounds import certified as bound_certified
-    from certtrain.bounds import lower_bounds, margin_spec
-
     try:
         certified = lipschitz_certified(model, x, y, eps)
     except ValueError:  # a layer without a Lipschitz rule (e.g. Conv2d): the bound methods decide alone
@@ -75,5 +71,5 @@ def certify_any(
         xo, yo = x[open_], y[open_]
         box = (xo - eps).clamp(0, 1), (xo + eps).clamp(0, 1)
         lower = lower_bounds(model, *box, margin_spec(yo, num_classes), method=method)
-        certified[open_] = bound_certified(lower)
+        certified[open_] = certified(lower)
     return certified

@@ -9,7 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from certtrain.lipschitz.layers import LipschitzLinear
-from certtrain.models.layers import GroupSort, Normalize
+from certtrain.layers import GroupSort, Normalize
 
 
 def lipschitz_stack(

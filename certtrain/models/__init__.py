@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from certtrain.models.layers import GroupSort, Normalize
+from certtrain.layers import GroupSort, Normalize
 from certtrain.lipschitz.zoo import LIPSCHITZ_ARCHITECTURES
 from certtrain.models.zoo import ARCHITECTURES, DATASET_STATS
 

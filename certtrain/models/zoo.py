@@ -10,7 +10,7 @@ import math
 
 from torch import nn
 
-from certtrain.models.layers import Normalize
+from certtrain.layers import Normalize
 
 DATASET_STATS = {
     "mnist": ((0.1307,), (0.3081,)),

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from certtrain.models import ARCHITECTURES, build_model
+from certtrain.verify.onnx_import import load_onnx
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,6 @@ def load_network(model: str, weights: str | None, dataset: str = "mnist") -> nn.
     if model == "onnx":
         if not weights:
             raise WeightsError("model=onnx needs weights=<file.onnx>")
-        from certtrain.verify.onnx_import import load_onnx
-
         return load_onnx(weights).eval()
     if model not in ARCHITECTURES:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(ARCHITECTURES)} or onnx")

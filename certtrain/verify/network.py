@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certtrain.bounds import flatten_layers
-from certtrain.models.layers import Normalize
+from certtrain.layers import Normalize
 
 RESHAPES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
 

@@ -17,7 +17,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from certtrain.models.layers import Normalize
+from certtrain.layers import Normalize
 
 CONSTANT_OPS = {
     "Identity": lambda a: a[0],
