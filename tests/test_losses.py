@@ -136,7 +136,7 @@ def test_crown_ibp_mixes_the_two_bounds_and_skips_crown_at_beta_zero(monkeypatch
     assert torch.allclose(mixed, 0.25 * crown + 0.75 * ibp, atol=1e-6)
     calls = []
     real = bounds.lower_bounds
-    monkeypatch.setattr(bounds, "lower_bounds", lambda *a, method, **k: calls.append(method) or real(*a, method=method, **k))
+    monkeypatch.setattr(losses, "lower_bounds", lambda *a, method, **k: calls.append(method) or real(*a, method=method, **k))
     get_method("crown_ibp").robust_loss(context(model, x, y, 0.1, beta=0.0))
     assert calls == ["ibp"]
 
@@ -147,7 +147,7 @@ def test_global_loss_stacks_radii_or_not_alike_and_supports_batch_norm(monkeypat
     model.train()
     calls = []
     real = bounds.lower_bounds
-    monkeypatch.setattr(bounds, "lower_bounds", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
+    monkeypatch.setattr(losses, "lower_bounds", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
     loss = global_robust_loss(context(model, x, y, 0.1, n=3, beta=1.0, weights="inverse"), beta=1.0, stack_radii=stack_radii)
     # stacked: the three radii in one call along the batch; otherwise one call per radius
     assert calls == ([3 * len(x)] if stack_radii else [len(x)] * 3)

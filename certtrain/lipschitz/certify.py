@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from certtrain.bounds import certified, lower_bounds, margin_spec
+from certtrain.bounds import certified as bounds_certify, lower_bounds, margin_spec
 from certtrain.lipschitz.bound import margin_sensitivities
 
 
@@ -49,7 +49,7 @@ def lipschitz_margin_lower_bounds(model: nn.Module, logits: torch.Tensor, y: tor
 def lipschitz_certified(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     """(B,) bool: the Lipschitz certificate proves the prediction constant on the eps ball,
     with the bound engine's float32 slack (a bound positive only by rounding does not count)."""
-    return certified(lipschitz_margin_lower_bounds(model, model(x), y, eps))
+    return bounds_certify(lipschitz_margin_lower_bounds(model, model(x), y, eps))
 
 
 @torch.no_grad()
@@ -71,5 +71,5 @@ def certify_any(
         xo, yo = x[open_], y[open_]
         box = (xo - eps).clamp(0, 1), (xo + eps).clamp(0, 1)
         lower = lower_bounds(model, *box, margin_spec(yo, num_classes), method=method)
-        certified[open_] = certified(lower)
+        certified[open_] = bounds_certify(lower)
     return certified
