@@ -52,6 +52,9 @@ class DatasetConfig:
     name: DatasetName = DatasetName.mnist5k
     train_size: Optional[int] = None  # null: every training sample
     test_size: Optional[int] = None  # null: every test sample
+    # Training images held out (a seeded draw, by `seed`) for model selection: the periodic
+    # evaluations run on them, the test set is evaluated once at the end; null: none held out.
+    val_size: Optional[int] = None
     augment: bool = False  # random crop (padding 4) + horizontal flip, for CIFAR
 
 
@@ -192,7 +195,7 @@ def check_config(cfg: Any, certifiers=EVAL_BOUNDS) -> None:
                 f"image); for eps in 0-255 units divide by 255, e.g. {key}={cfg[key] / 255:.5g}"
             )
     sizes = {"dataset.train_size": cfg.dataset.train_size, "dataset.test_size": cfg.dataset.test_size,
-             "eval.subset": cfg.eval.subset}
+             "dataset.val_size": cfg.dataset.val_size, "eval.subset": cfg.eval.subset}
     for key, value in sizes.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} must be at least 1 (or null for every sample)"

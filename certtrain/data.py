@@ -42,6 +42,9 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def take(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index], self.source)
+
     def subset(self, size: int | None) -> "Split":
         if size is None or size >= len(self):
             return self

@@ -72,13 +72,29 @@ def resolve_device(name: str, world: World = SINGLE) -> torch.device:
     return torch.device(name)
 
 
-def load_data(cfg) -> tuple[Split, Split]:
+def load_data(cfg) -> tuple[Split, Split | None, Split]:
+    """(train, validation or None, test); the validation images are a seeded draw out of the training set."""
     train = load_or_download(cfg.dataset.name, "train", cfg.data_dir).subset(cfg.dataset.train_size)
+    train, val = split_validation(train, cfg.dataset.val_size, cfg.seed)
     test = load_or_download(cfg.dataset.name, "test", cfg.data_dir).subset(cfg.dataset.test_size)
     if train.source != test.source:  # never mix sources silently
         raise RuntimeError(f"train and test come from different sources: {train.source} / {test.source}")
-    log.info("data: %s (%d train, %d test)", train.source, len(train), len(test))
-    return train, test
+    log.info("data: %s (%d train, %s validation, %d test)", train.source, len(train), len(val) if val else 0, len(test))
+    return train, val, test
+
+
+VAL_SEED_OFFSET = 2_000_003  # the validation draw's seed is seed + this
+
+
+def split_validation(train: Split, val_size: int | None, seed: int) -> tuple[Split, Split | None]:
+    """Hold `val_size` training images out, drawn by a generator of the run's seed."""
+    if val_size is None:
+        return train, None
+    if val_size >= len(train):
+        raise ConfigError(f"dataset.val_size={val_size} leaves nothing to train on: the training set has {len(train)} "
+                          f"images; use dataset.val_size below {len(train)} (e.g. {len(train) // 10}) or null")
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + VAL_SEED_OFFSET))
+    return train.take(order[val_size:].sort().values), train.take(order[:val_size].sort().values)
 
 
 def _batches(split: Split, batch_size: int, generator: torch.Generator, augment: bool, device: torch.device):
@@ -120,6 +136,7 @@ class Run:
     device: torch.device
     train_split: Split
     test_split: Split
+    val_split: Split | None  # dataset.val_size images held out of the training set, or None
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: RampSchedule
@@ -165,7 +182,8 @@ def _train(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -
         for epoch in range(start_epoch, cfg.epochs):
             step, line = _train_epoch(run, epoch, step)
             if cfg.eval.every and (epoch + 1) % cfg.eval.every == 0 and epoch + 1 < cfg.epochs:
-                metrics = _evaluate(run, run.test_split.subset(cfg.eval.subset))
+                # Model selection reads the validation images when there are any, never the test set.
+                metrics = _evaluate(run, (run.val_split or run.test_split).subset(cfg.eval.subset))
                 log_eval_scalars(run.writer, metrics, step)
                 line += f"  | val clean {metrics['clean_err']:.4f}  " + _verified_summary(metrics, cfg.eps)
             log.info(line)
@@ -190,7 +208,7 @@ def _train(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -
 
 def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -> Run:
     run_dir.mkdir(parents=True, exist_ok=True)
-    train_split, test_split = load_data(cfg)
+    train_split, val_split, test_split = load_data(cfg)
     _check_world(cfg, world, len(train_split))
     torch.manual_seed(cfg.seed)
     stats_of = MODEL_STATS_OF.get(str(cfg.dataset.name), str(cfg.dataset.name))  # plain str: saved in checkpoints
@@ -220,6 +238,7 @@ def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.devic
         device=device,
         train_split=train_split,
         test_split=test_split,
+        val_split=val_split,
         model=model,
         optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
         schedule=schedule,
@@ -377,6 +396,8 @@ def _final_evaluation(run: Run, step: int, seconds: float) -> dict:
     """Metrics on the whole test set, the drawdown figure and the hyper-parameters."""
     cfg = run.cfg
     metrics = _evaluate(run, run.test_split, final=True)
+    if run.val_split is not None:  # the validation figures a sweep selects by, beside the test's
+        metrics["val"] = _evaluate(run, run.val_split, final=True)
     log_eval_scalars(run.writer, metrics, step)
     log.info("final evaluation, seconds per certifier over %d samples x %d radii: %s", len(run.test_split),
              len(eval_grid(cfg)), "  ".join(f"{b} {s:.1f}" for b, s in metrics["certify_seconds"].items()))
@@ -391,6 +412,7 @@ def _final_evaluation(run: Run, step: int, seconds: float) -> dict:
         eps_train=train_eps(cfg),
         train_samples=len(run.train_split),
         test_samples=len(run.test_split),
+        val_samples=len(run.val_split) if run.val_split is not None else 0,
         device=str(run.device),
         seed=cfg.seed,
         gm_estimator=cfg.gm.estimator,

@@ -368,3 +368,27 @@ def test_summarize_lists_failed_and_incomplete_runs_without_crashing(tmp_path):
         assert f"`{name}`" in text and why in text, name
     rows = (sweep / "summary.csv").read_text().splitlines()
     assert len(rows) == 1 + 5  # header, the finished run and the four without results
+
+
+def test_a_validation_split_is_held_out_seeded_and_reported(data_dir, tmp_path):
+    from certtrain.data import load_split
+    from certtrain.training import split_validation
+
+    full = load_split("mnist", "train", data_dir)
+    train_a, val_a = split_validation(full, 16, seed=3)
+    train_b, val_b = split_validation(full, 16, seed=3)
+    assert torch.equal(val_a.images, val_b.images) and len(train_a) == 48 and len(val_a) == 16
+    _, val_c = split_validation(full, 16, seed=4)
+    assert not torch.equal(val_a.images, val_c.images)  # the draw follows the seed
+    # disjoint: no held-out image is trained on
+    keys = lambda split: {bytes(image.numpy().tobytes()) + bytes([int(label)]) for image, label in zip(split.images, split.labels)}
+    assert not keys(train_a) & keys(val_a) and len(keys(train_a) | keys(val_a)) == len(keys(full))
+    metrics = train(compose_config("method=ibp", *TINY, "dataset.val_size=16", f"data_dir={data_dir}"), run_dir=tmp_path)
+    assert metrics["train_samples"] == 48 and metrics["val_samples"] == 16 and metrics["test_samples"] == 16
+    assert set(metrics["val"]["verified_err"]) == set(metrics["verified_err"])
+
+
+def test_a_validation_split_larger_than_the_training_set_names_the_fix(data_dir, tmp_path):
+    with pytest.raises(ConfigError, match="dataset.val_size=64 leaves nothing to train on.*below 64"):
+        train(compose_config("method=ibp", *TINY, "dataset.val_size=64", f"data_dir={data_dir}"), run_dir=tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()
