@@ -204,3 +204,21 @@ def test_killed_command_line_run_resumes_to_the_same_csv(tmp_path):
     assert finished < 30, "the run ended before it could be killed"
     statuses = {row["status"] for row in decided(tmp_path / "whole")}
     assert {"robust", "adversarial"} <= statuses
+
+
+def test_without_references_the_exact_answers_stay_and_the_reference_columns_say_n_a(tmp_path):
+    from certtrain.verify.runner import no_references
+
+    net, images, labels = tiny_problem()
+    calls = []
+    counting = lambda *a: calls.append(1) or no_references(*a)
+    summary = run_batch(net, images, labels, range(8), tmp_path / "bare", settings={"model": "tiny", "eps": 0.08},
+                        options=OPTIONS, reference_fn=counting)
+    full = run(tmp_path / "full")
+    assert len(calls) == 8
+    assert summary["pgd_error_pct"] is None and summary["crown_verified_error_pct"] is None
+    for key in ("exact_error_lower_pct", "exact_error_upper_pct", "clean_error_pct", "status_counts"):
+        assert summary[key] == full[key]
+    bare = decided(tmp_path / "bare")
+    assert all(r["pgd_adversarial"] == "" and r["ibp_verified"] == "" for r in bare)
+    assert "n/a" in (tmp_path / "bare" / "summary.md").read_text()

@@ -35,6 +35,9 @@ class VerifyConfig:
     threads: int = 1  # HiGHS and torch threads
     pgd_steps: int = 50  # the PGD-error column (and verify's own attack uses 40)
     pgd_restarts: int = 3
+    # false: skip the per-sample reference columns (PGD pgd_steps x pgd_restarts, IBP, CROWN), which
+    # double a large run's wall time; the summary then shows n/a for them (mode=verify only)
+    references: bool = True
 
 
 def register_configs() -> None:

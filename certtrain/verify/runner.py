@@ -39,6 +39,11 @@ def _commit() -> str:
         return "unknown"
 
 
+def no_references(model, x, label, result, options, pgd_steps, pgd_restarts) -> dict:
+    """references=false: no PGD / IBP / CROWN columns beside the exact answer."""
+    return {}
+
+
 def check_config(cfg: DictConfig) -> None:
     """Range checks a type cannot express; each message names the key and the fix."""
     if cfg.eps is not None and not 0.0 <= cfg.eps <= 1.0:
@@ -50,6 +55,8 @@ def check_config(cfg: DictConfig) -> None:
     for key, allowed in {"mode": MODES, "rerun": RERUN}.items():
         if cfg[key] not in allowed:
             raise ValueError(f"{key}={cfg[key]} is not one of {list(allowed)}")
+    if cfg.mode == "ladder" and not cfg.references:
+        raise ValueError("mode=ladder is made of reference certifiers: drop references=false, or use mode=verify")
     if cfg.mode == "ladder" and (cfg.objective != "robustness" or cfg.perturbation != "linf"):
         raise ValueError("mode=ladder compares certificates of L-inf robustness: use objective=robustness "
                          "perturbation=linf, or mode=verify")
@@ -104,13 +111,14 @@ def run_from_config(cfg: DictConfig) -> dict:
         "objective": cfg.objective, "norm": cfg.norm, "perturbation": cfg.perturbation,
         "blur_kernel_size": cfg.blur_kernel_size, "targets": targets,
         "mode": cfg.mode, "tightening": cfg.tightening, "time_limit": cfg.time_limit, "pgd_steps": cfg.pgd_steps,
-        "pgd_restarts": cfg.pgd_restarts, "threads": cfg.threads, "highs": highspy.Highs().version(),
+        "pgd_restarts": cfg.pgd_restarts, "references": cfg.references, "threads": cfg.threads, "highs": highspy.Highs().version(),
         "command": "python verify.py " + " ".join(sys.argv[1:]), "commit": _commit(),
         "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})",
     }
     summary = run_batch(network, split.images, split.labels, indices, Path(cfg.out), settings=settings,
                         options=options, rerun=cfg.rerun, pgd_steps=cfg.pgd_steps,
-                        pgd_restarts=cfg.pgd_restarts, **MODES[cfg.mode])
+                        pgd_restarts=cfg.pgd_restarts,
+                        **(MODES[cfg.mode] if cfg.references else {"reference_fn": no_references}))
     log.info(
         "%d samples: clean error %.2f%%, PGD error %.2f%%, exact adversarial error %.2f%% .. %.2f%%, "
         "mean %.2f s per sample; summary in %s",

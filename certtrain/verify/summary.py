@@ -37,11 +37,11 @@ def summarize(rows: list[dict], settings: dict) -> dict:
         "last": int(rows[-1]["index"]) if n else None,
         "status_counts": count,
         "clean_error_pct": pct(count.get("misclassified", 0)),
-        "pgd_error_pct": pct(sum(_flag(r, "pgd_adversarial") for r in rows)),
+        "pgd_error_pct": _reference_pct(rows, "pgd_adversarial"),
         "exact_error_lower_pct": pct(count.get("misclassified", 0) + count.get("adversarial", 0)),
         "exact_error_upper_pct": pct(n - count.get("robust", 0)),
-        "ibp_verified_error_pct": pct(n - sum(_flag(r, "ibp_verified") for r in rows)),
-        "crown_verified_error_pct": pct(n - sum(_flag(r, "crown_verified") for r in rows)),
+        "ibp_verified_error_pct": _reference_pct(rows, "ibp_verified", complement=True),
+        "crown_verified_error_pct": _reference_pct(rows, "crown_verified", complement=True),
         "timeouts": count.get("timeout", 0),
         "unresolved": n - sum(count.get(s, 0) for s in RESOLVED),
         "seconds_mean": _mean(seconds),
@@ -58,6 +58,15 @@ def summarize(rows: list[dict], settings: dict) -> dict:
         "resolved_by": {k: sum(r["resolved_by"] == k for r in rows) for k in sorted({r["resolved_by"] for r in rows})},
         "settings": settings,
     }
+
+
+def _reference_pct(rows: list[dict], key: str, complement: bool = False) -> float | None:
+    """Percent of rows flagged (or not, with complement); None when a row lacks the column
+    (references=false skipped it), so the summary says n/a instead of a made-up 0%."""
+    if not rows or any(r.get(key) in ("", None) for r in rows):
+        return None
+    flagged = sum(_flag(r, key) for r in rows)
+    return 100.0 * ((len(rows) - flagged) if complement else flagged) / len(rows)
 
 
 def _cell(value, digits=2) -> str:
