@@ -12,7 +12,6 @@ Every key is listed in conf/config.yaml and typed in certtrain/config.py.
 import logging
 import os
 import sys
-
 from pathlib import Path
 
 import hydra

@@ -73,8 +73,13 @@ TRAINING_STEP_SCALE = 2.5
 
 
 def training_attack(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor,
-    radius: torch.Tensor | float, steps: int,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    radius: torch.Tensor | float,
+    steps: int,
 ) -> torch.Tensor:
     """PGD on the cross-entropy inside the box [lower, upper] (radius per sample or one), for the
     adversarial terms of the training losses (SABR, MTL-IBP and its kin). Starts at the clean

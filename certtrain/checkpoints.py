@@ -11,9 +11,8 @@ Loaded with weights_only=True: only tensors and plain containers, no pickled cod
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import hashlib
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -38,7 +37,16 @@ def weights_hash(state_dict: dict) -> str:
 
 
 def save_checkpoint(
-    path: Path, *, model, optimizer, epoch, step, data_generator, seconds, arch, radius_generator=None,
+    path: Path,
+    *,
+    model,
+    optimizer,
+    epoch,
+    step,
+    data_generator,
+    seconds,
+    arch,
+    radius_generator=None,
     config: dict | None = None,
 ) -> None:
     weights = model.state_dict()

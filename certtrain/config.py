@@ -23,7 +23,9 @@ from certtrain.methods import METHODS, MethodConfig, get_method
 
 Device = Choice("Device", {name: name for name in ("auto", "cpu", "cuda")})
 RampShape = Choice("RampShape", {name: name for name in ("linear", "smoothed")})
-GMWeights = Choice("GMWeights", {n: n for n in ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")})
+GMWeights = Choice(
+    "GMWeights", {n: n for n in ("inverse", "uniform", "inverse_square", "linear_decreasing", "increasing")}
+)
 GMEstimator = Choice("GMEstimator", {name: name for name in _ESTIMATORS})
 ModelInit = Choice("ModelInit", {name: name for name in ("default", "ibp")})
 DatasetName = Choice("DatasetName", {name: name for name in ("mnist", "fashion_mnist", "cifar10", "mnist5k")})
@@ -31,7 +33,14 @@ DatasetName = Choice("DatasetName", {name: name for name in ("mnist", "fashion_m
 DEVICES = tuple(c.value for c in Device)
 RAMP_SHAPES = tuple(c.value for c in RampShape)
 GM_WEIGHTS = tuple(c.value for c in GMWeights)
-EVAL_BOUNDS = ("ibp", "crown-ibp", "crown", "alpha-crown", "alpha-crown-full", "lipschitz")  # lipschitz: Lipschitz bound or any sound bound
+EVAL_BOUNDS = (
+    "ibp",
+    "crown-ibp",
+    "crown",
+    "alpha-crown",
+    "alpha-crown-full",
+    "lipschitz",
+)  # lipschitz: Lipschitz bound or any sound bound
 GM_ESTIMATORS = tuple(c.value for c in GMEstimator)
 DATASETS = tuple(c.value for c in DatasetName)
 
@@ -123,7 +132,9 @@ class TrainConfig:
 def structured_config(method: str = MethodConfig.name) -> Any:
     """The schema with every default, typed by the method's own config: what `python train.py
     method=<method>` composes with no other override."""
-    return OmegaConf.merge(OmegaConf.structured(TrainConfig), {"method": OmegaConf.structured(get_method(method).config)})
+    return OmegaConf.merge(
+        OmegaConf.structured(TrainConfig), {"method": OmegaConf.structured(get_method(method).config)}
+    )
 
 
 def register_configs() -> None:
@@ -194,12 +205,19 @@ def check_config(cfg: Any, certifiers=EVAL_BOUNDS) -> None:
                 f"{key}={cfg[key]} is above 1: radii are in pixel units [0, 1] (a ball that wide holds every "
                 f"image); for eps in 0-255 units divide by 255, e.g. {key}={cfg[key] / 255:.5g}"
             )
-    sizes = {"dataset.train_size": cfg.dataset.train_size, "dataset.test_size": cfg.dataset.test_size,
-             "dataset.val_size": cfg.dataset.val_size, "eval.subset": cfg.eval.subset}
+    sizes = {
+        "dataset.train_size": cfg.dataset.train_size,
+        "dataset.test_size": cfg.dataset.test_size,
+        "dataset.val_size": cfg.dataset.val_size,
+        "eval.subset": cfg.eval.subset,
+    }
     for key, value in sizes.items():
         if value is not None and value < 1:
-            raise ConfigError(f"{key}={value} must be at least 1 (or null for every sample)"
-                              if key != "eval.subset" else f"eval.subset={value} must be at least 1")
+            raise ConfigError(
+                f"{key}={value} must be at least 1 (or null for every sample)"
+                if key != "eval.subset"
+                else f"eval.subset={value} must be at least 1"
+            )
     if cfg.log_every < 1:
         raise ConfigError(f"log_every={cfg.log_every} must be at least 1 (steps between train/* scalars)")
     if cfg.gm.n is not None and cfg.gm.n < 1:
@@ -211,14 +229,18 @@ def check_config(cfg: Any, certifiers=EVAL_BOUNDS) -> None:
             f"use it with method={' or method='.join(fusable)}, or set method.loss_fusion=false"
         )
     if record.models is not None and cfg.model.name not in record.models:
-        raise ConfigError(f"method={record.name} trains only model={' or model='.join(record.models)}, "
-                          f"not model={cfg.model.name}; choose one of those")
+        raise ConfigError(
+            f"method={record.name} trains only model={' or model='.join(record.models)}, "
+            f"not model={cfg.model.name}; choose one of those"
+        )
     _check_choice("gm.weights", cfg.gm.weights, GM_WEIGHTS)
     _check_choice("gm.estimator", cfg.gm.estimator, GM_ESTIMATORS)
     if cfg.eval.eps_grid is not None:
         if len(cfg.eval.eps_grid) == 0:
-            raise ConfigError("eval.eps_grid is empty; give at least one radius, e.g. eval.eps_grid=[0.1,0.2], "
-                              "or null for the default grid")
+            raise ConfigError(
+                "eval.eps_grid is empty; give at least one radius, e.g. eval.eps_grid=[0.1,0.2], "
+                "or null for the default grid"
+            )
         if min(cfg.eval.eps_grid) < 0:
             raise ConfigError(f"eval.eps_grid={list(cfg.eval.eps_grid)} has a negative radius; use radii >= 0")
     for bound in [*cfg.eval.bounds, *(cfg.eval.final_bounds or [])]:

@@ -69,7 +69,9 @@ def read_idx(path: Path) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4:header])
     expected = int(np.prod(dims))
     if len(raw) - header != expected:
-        raise DataError(f"{path} holds {len(raw) - header} values but its header promises {expected}; download it again")
+        raise DataError(
+            f"{path} holds {len(raw) - header} values but its header promises {expected}; download it again"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 

@@ -75,7 +75,13 @@ def margin_lower_bounds(
 
 
 def robust_ce_per_sample(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_lower, x_upper, beta: float, num_classes: int,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_lower,
+    x_upper,
+    beta: float,
+    num_classes: int,
     loss_fusion: bool = False,
 ) -> torch.Tensor:
     """Per-sample upper bound of the worst-case CE over the box, as the method trains on it.

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from matplotlib.figure import Figure
-
-from certtrain.atomic import atomic_savefig
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
+
+from certtrain.atomic import atomic_savefig
 
 
 class NullWriter:

@@ -91,8 +91,10 @@ def split_validation(train: Split, val_size: int | None, seed: int) -> tuple[Spl
     if val_size is None:
         return train, None
     if val_size >= len(train):
-        raise ConfigError(f"dataset.val_size={val_size} leaves nothing to train on: the training set has {len(train)} "
-                          f"images; use dataset.val_size below {len(train)} (e.g. {len(train) // 10}) or null")
+        raise ConfigError(
+            f"dataset.val_size={val_size} leaves nothing to train on: the training set has {len(train)} "
+            f"images; use dataset.val_size below {len(train)} (e.g. {len(train) // 10}) or null"
+        )
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + VAL_SEED_OFFSET))
     return train.take(order[val_size:].sort().values), train.take(order[:val_size].sort().values)
 
@@ -175,7 +177,9 @@ def _train(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -
     run.writer = (
         # purge_step: points of the killed run after its last checkpoint go; the checkpointed
         # epoch's own points (logged at `step`) stay.
-        SummaryWriter(log_dir=str(run.run_dir), purge_step=step + 1 if step else None) if world.is_main else NullWriter()
+        SummaryWriter(log_dir=str(run.run_dir), purge_step=step + 1 if step else None)
+        if world.is_main
+        else NullWriter()
     )
     started = time.perf_counter()
     try:
@@ -189,9 +193,15 @@ def _train(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -
             log.info(line)
             if world.is_main:
                 save_checkpoint(
-                    run.checkpoint, model=run.model, optimizer=run.optimizer, epoch=epoch + 1, step=step,
-                    data_generator=run.data_generator, radius_generator=run.radius_generator,
-                    seconds=seconds_before + time.perf_counter() - started, arch=run.arch,
+                    run.checkpoint,
+                    model=run.model,
+                    optimizer=run.optimizer,
+                    epoch=epoch + 1,
+                    step=step,
+                    data_generator=run.data_generator,
+                    radius_generator=run.radius_generator,
+                    seconds=seconds_before + time.perf_counter() - started,
+                    arch=run.arch,
                     config=OmegaConf.to_container(run.cfg, resolve=True, enum_to_str=True),
                 )
             run.writer.flush()
@@ -200,8 +210,12 @@ def _train(cfg: DictConfig, run_dir: Path, world: World, device: torch.device) -
         run.writer.close()
     if world.is_main:
         atomic_write_text(run.run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    log.info("final (%d test samples): clean %.4f  %s", len(run.test_split), metrics["clean_err"],
-             _verified_summary(metrics, cfg.eps))
+    log.info(
+        "final (%d test samples): clean %.4f  %s",
+        len(run.test_split),
+        metrics["clean_err"],
+        _verified_summary(metrics, cfg.eps),
+    )
     log.info("run folder: %s", run.run_dir.resolve())
     return metrics
 
@@ -219,8 +233,10 @@ def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.devic
             ibp_init_(model)
         model = model.to(device)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"model={cfg.model.name} with model.options={model_options}: {err}; "
-                          "see the builder's parameters in certtrain/models or certtrain/lipschitz/zoo.py") from err
+        raise ConfigError(
+            f"model={cfg.model.name} with model.options={model_options}: {err}; "
+            "see the builder's parameters in certtrain/models or certtrain/lipschitz/zoo.py"
+        ) from err
     trains_robustly = get_method(cfg.method.name).loss is not None
     schedule = RampSchedule(
         eps_train=train_eps(cfg) if trains_robustly else 0.0,
@@ -268,8 +284,12 @@ def _restore(run: Run) -> tuple[int, int, float]:
     """(epochs done, global step, seconds spent) from the run folder's checkpoint when resuming."""
     if run.cfg.resume and run.checkpoint.is_file():
         done = load_checkpoint(
-            run.checkpoint, model=run.model, optimizer=run.optimizer, data_generator=run.data_generator,
-            arch=run.arch, radius_generator=run.radius_generator,
+            run.checkpoint,
+            model=run.model,
+            optimizer=run.optimizer,
+            data_generator=run.data_generator,
+            arch=run.arch,
+            radius_generator=run.radius_generator,
         )
         log.info("resuming from %s after epoch %d", run.checkpoint, done["epoch"])
         return done["epoch"], done["step"], done["seconds"]
@@ -321,8 +341,17 @@ def _train_epoch(run: Run, epoch: int, step: int) -> tuple[int, str]:
         with allow_tf32(cfg.train_tf32):
             logits = model(x)
             ctx = RobustContext(
-                model, x, y, eps_t, beta, cfg.gm.n, cfg.gm.weights, method=cfg.method,
-                gm_estimator=cfg.gm.estimator, loss_fusion=cfg.method.loss_fusion, generator=run.radius_generator,
+                model,
+                x,
+                y,
+                eps_t,
+                beta,
+                cfg.gm.n,
+                cfg.gm.weights,
+                method=cfg.method,
+                gm_estimator=cfg.gm.estimator,
+                loss_fusion=cfg.method.loss_fusion,
+                generator=run.radius_generator,
                 batch_shard=(begin, end, global_batch) if world.active else None,
             )
             loss, _ = training_loss(cfg.method.name, ctx, kappa, logits)
@@ -399,8 +428,12 @@ def _final_evaluation(run: Run, step: int, seconds: float) -> dict:
     if run.val_split is not None:  # the validation figures a sweep selects by, beside the test's
         metrics["val"] = _evaluate(run, run.val_split, final=True)
     log_eval_scalars(run.writer, metrics, step)
-    log.info("final evaluation, seconds per certifier over %d samples x %d radii: %s", len(run.test_split),
-             len(eval_grid(cfg)), "  ".join(f"{b} {s:.1f}" for b, s in metrics["certify_seconds"].items()))
+    log.info(
+        "final evaluation, seconds per certifier over %d samples x %d radii: %s",
+        len(run.test_split),
+        len(eval_grid(cfg)),
+        "  ".join(f"{b} {s:.1f}" for b, s in metrics["certify_seconds"].items()),
+    )
     metrics.update(
         data_source=run.train_split.source,
         epochs=cfg.epochs,
@@ -448,4 +481,3 @@ def _eval_bounds(cfg, final: bool = False) -> list[str]:
     else:
         bounds = list(cfg.eval.bounds) + list(record.final_certifiers if final else ())
     return list(dict.fromkeys(bounds + list(record.certifiers)))
-

@@ -62,8 +62,9 @@ def main():
             lower = alpha_crown_lower(ops, margin_spec(y, 10), x_L, x_U, **options)
             seconds += time.perf_counter() - begin
             uncertified += int((~certified(lower) | wrong).sum())
-        print(f"{name}: verified error {100 * uncertified / args.samples:.2f}%, "
-              f"{seconds / args.samples:.3f} s per sample")
+        print(
+            f"{name}: verified error {100 * uncertified / args.samples:.2f}%, {seconds / args.samples:.3f} s per sample"
+        )
 
 
 if __name__ == "__main__":

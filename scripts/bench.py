@@ -63,8 +63,16 @@ def make_step(model, optimizer, variant: str, eps: float, gm_n: int, attack_step
     def step(x, y):
         optimizer.zero_grad(set_to_none=True)
         context = RobustContext(
-            model, x, y, eps=eps, beta=1.0, gm_n=gm_n if method.startswith("gm_") else None,
-            gm_estimator=estimator, loss_fusion=fused, generator=generator, method=_method_config(method, attack_steps),
+            model,
+            x,
+            y,
+            eps=eps,
+            beta=1.0,
+            gm_n=gm_n if method.startswith("gm_") else None,
+            gm_estimator=estimator,
+            loss_fusion=fused,
+            generator=generator,
+            method=_method_config(method, attack_steps),
         )
         loss, _ = training_loss(method, context, kappa=0.0)
         loss.backward()
@@ -77,8 +85,10 @@ def time_methods(model, methods, x, y, args) -> dict[str, float]:
     """Median ms per step of each method. The methods take turns, one step each per round, so a
     machine that speeds up or slows down during the run (other load, clocks) shifts every
     method alike and the ratios stay comparable; every method is warmed up first (compiling)."""
-    steps = {m: make_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), m, args.eps, args.gm_n, args.attack_steps)
-             for m in methods}
+    steps = {
+        m: make_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), m, args.eps, args.gm_n, args.attack_steps)
+        for m in methods
+    }
     for _ in range(args.warmup):
         for step in steps.values():
             step(x, y)
@@ -104,8 +114,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--eps", type=float, default=0.1)
     parser.add_argument("--gm-n", type=int, default=4)
-    parser.add_argument("--attack-steps", type=int, default=None, help="training attack steps of sabr, mtl_ibp, ... "
-                        "(default: their configs')")
+    parser.add_argument(
+        "--attack-steps",
+        type=int,
+        default=None,
+        help="training attack steps of sabr, mtl_ibp, ... (default: their configs')",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
@@ -128,9 +142,15 @@ def main(argv=None) -> dict:
     ratios = {
         f"{key}/{base}": round(ms[key] / ms[base], 3)
         for key, base in (
-            ("gm_crown_ibp_sampled", "crown_ibp"), ("gm_crown_ibp", "crown_ibp"), ("crown_ibp_fused", "ibp"),
-            ("crown_ibp", "ibp"), ("gm_crown_ibp_sampled_fused", "ibp"),
-            ("sabr", "ibp"), ("mtl_ibp", "ibp"), ("cc_ibp", "ibp"), ("exp_ibp", "ibp"),
+            ("gm_crown_ibp_sampled", "crown_ibp"),
+            ("gm_crown_ibp", "crown_ibp"),
+            ("crown_ibp_fused", "ibp"),
+            ("crown_ibp", "ibp"),
+            ("gm_crown_ibp_sampled_fused", "ibp"),
+            ("sabr", "ibp"),
+            ("mtl_ibp", "ibp"),
+            ("cc_ibp", "ibp"),
+            ("exp_ibp", "ibp"),
         )
         if key in ms and base in ms
     }

@@ -22,6 +22,7 @@ One timed step = zero_grad, bounds, loss, backward, Adam step. The loss is
 CE(-lb, y), where lb holds the lower bounds of the margins z_y - z_j (j != y)
 and 0 at the true class. Prints one JSON line with median ms per step.
 """
+
 import argparse
 import json
 import statistics
@@ -40,10 +41,13 @@ from auto_LiRPA.perturbations import PerturbationLpNorm  # noqa: E402
 
 def dm_small():
     return nn.Sequential(
-        nn.Conv2d(1, 16, 4, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(1, 16, 4, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 4, stride=2, padding=1),
+        nn.ReLU(),
         nn.Flatten(),
-        nn.Linear(32 * 7 * 7, 100), nn.ReLU(),
+        nn.Linear(32 * 7 * 7, 100),
+        nn.ReLU(),
         nn.Linear(100, 10),
     )
 
@@ -51,7 +55,7 @@ def dm_small():
 def margin_spec(y, n_classes=10):
     """C of shape (B, n-1, n): rows e_y - e_j for every j != y."""
     eye = torch.eye(n_classes, dtype=torch.float32)
-    c = eye[y].unsqueeze(1) - eye.unsqueeze(0)            # (B, n, n)
+    c = eye[y].unsqueeze(1) - eye.unsqueeze(0)  # (B, n, n)
     keep = y.unsqueeze(1) != torch.arange(n_classes).unsqueeze(0)
     return c[keep].view(y.shape[0], n_classes - 1, n_classes), keep
 
@@ -65,9 +69,7 @@ def worst_case_ce(lb, keep, y):
 
 def make_step(method, bmodel, opt, x, y, eps):
     c, keep = margin_spec(y)
-    ptb = PerturbationLpNorm(norm=float("inf"), eps=eps,
-                             x_L=(x - eps).clamp(0, 1),
-                             x_U=(x + eps).clamp(0, 1))
+    ptb = PerturbationLpNorm(norm=float("inf"), eps=eps, x_L=(x - eps).clamp(0, 1), x_U=(x + eps).clamp(0, 1))
     bx = BoundedTensor(x, ptb)
 
     def step():
@@ -75,18 +77,17 @@ def make_step(method, bmodel, opt, x, y, eps):
         if method == "standard":
             loss = F.cross_entropy(bmodel(x), y)
         elif method == "ibp":
-            lb, _ = bmodel.compute_bounds(x=(bx,), C=c, method="IBP",
-                                          bound_upper=False)
+            lb, _ = bmodel.compute_bounds(x=(bx,), C=c, method="IBP", bound_upper=False)
             loss = worst_case_ce(lb, keep, y)
         elif method == "crown_ibp":
-            lb, _ = bmodel.compute_bounds(x=(bx,), C=c, method="CROWN-IBP",
-                                          bound_upper=False)
+            lb, _ = bmodel.compute_bounds(x=(bx,), C=c, method="CROWN-IBP", bound_upper=False)
             loss = worst_case_ce(lb, keep, y)
         else:
             raise ValueError(method)
         loss.backward()
         opt.step()
         return loss.item()
+
     return step
 
 
@@ -120,10 +121,18 @@ def main():
             times.append((time.perf_counter() - t0) * 1e3)
         result[method] = round(statistics.median(times), 2)
 
-    print(json.dumps({"peer": "auto_LiRPA", "version": auto_LiRPA.__version__,
-                      "model": "dm_small", "batch": a.batch,
-                      "threads": torch.get_num_threads(),
-                      "ms_per_step": result}))
+    print(
+        json.dumps(
+            {
+                "peer": "auto_LiRPA",
+                "version": auto_LiRPA.__version__,
+                "model": "dm_small",
+                "batch": a.batch,
+                "threads": torch.get_num_threads(),
+                "ms_per_step": result,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,19 +42,32 @@ def main(argv=None) -> None:
     for eps in args.eps:
         x_L, x_U = input_box(x, eps)
         with torch.no_grad():
-            fused = torch.cat([ce_upper_bound(model, a, b, t) for a, b, t in zip(x_L.split(250), x_U.split(250), y.split(250))])
-            margins = torch.cat([lower_bounds(model, a, b, margin_spec(t, 10), method="crown-ibp")
-                                 for a, b, t in zip(x_L.split(250), x_U.split(250), y.split(250))])
+            fused = torch.cat(
+                [ce_upper_bound(model, a, b, t) for a, b, t in zip(x_L.split(250), x_U.split(250), y.split(250))]
+            )
+            margins = torch.cat(
+                [
+                    lower_bounds(model, a, b, margin_spec(t, 10), method="crown-ibp")
+                    for a, b, t in zip(x_L.split(250), x_U.split(250), y.split(250))
+                ]
+            )
         unfused = robust_cross_entropy(margins, y)
         gap = fused - unfused
-        print(json.dumps({
-            "weights": args.weights, "eps": eps, "samples": len(y),
-            "fused_tighter": round((gap < -1e-6).float().mean().item(), 4),
-            "unfused_tighter": round((gap > 1e-6).float().mean().item(), 4),
-            "median_gap_nats": round(gap.median().item(), 4),
-            "p90_gap_nats": round(gap.quantile(0.9).item(), 4),
-            "mean_fused": round(fused.mean().item(), 4), "mean_unfused": round(unfused.mean().item(), 4),
-        }))
+        print(
+            json.dumps(
+                {
+                    "weights": args.weights,
+                    "eps": eps,
+                    "samples": len(y),
+                    "fused_tighter": round((gap < -1e-6).float().mean().item(), 4),
+                    "unfused_tighter": round((gap > 1e-6).float().mean().item(), 4),
+                    "median_gap_nats": round(gap.median().item(), 4),
+                    "p90_gap_nats": round(gap.quantile(0.9).item(), 4),
+                    "mean_fused": round(fused.mean().item(), 4),
+                    "mean_unfused": round(unfused.mean().item(), 4),
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

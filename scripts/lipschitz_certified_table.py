@@ -19,8 +19,19 @@ from pathlib import Path
 import yaml
 from lipschitz_common import RESULTS
 
-COLUMNS = ["dataset", "eps", "model", "method", "clean_err", "verified_err", "certifier", "epochs", "seconds",
-           "command", "commit"]
+COLUMNS = [
+    "dataset",
+    "eps",
+    "model",
+    "method",
+    "clean_err",
+    "verified_err",
+    "certifier",
+    "epochs",
+    "seconds",
+    "command",
+    "commit",
+]
 
 
 def rows_of(run: Path) -> list[dict]:
@@ -32,12 +43,21 @@ def rows_of(run: Path) -> list[dict]:
         curves = {name: curve[eps] for name, curve in metrics["verified_err"].items()}
         certifier = min(curves, key=curves.get)
         tied = "=".join(name for name, err in curves.items() if err == curves[certifier])  # e.g. ibp=lipschitz
-        rows.append({
-            "dataset": metrics["dataset"], "eps": eps, "model": metrics["model"], "method": metrics["method"],
-            "clean_err": f"{100 * metrics['clean_err']:.2f}", "verified_err": f"{100 * curves[certifier]:.2f}",
-            "certifier": tied, "epochs": metrics["epochs"], "seconds": f"{metrics['seconds']:.0f}",
-            "command": command, "commit": metrics.get("provenance", {}).get("commit", "unknown"),
-        })
+        rows.append(
+            {
+                "dataset": metrics["dataset"],
+                "eps": eps,
+                "model": metrics["model"],
+                "method": metrics["method"],
+                "clean_err": f"{100 * metrics['clean_err']:.2f}",
+                "verified_err": f"{100 * curves[certifier]:.2f}",
+                "certifier": tied,
+                "epochs": metrics["epochs"],
+                "seconds": f"{metrics['seconds']:.0f}",
+                "command": command,
+                "commit": metrics.get("provenance", {}).get("commit", "unknown"),
+            }
+        )
     return rows
 
 

@@ -87,7 +87,9 @@ def main():
             sign_acc.append(((f > 0) == (fine_target > 0)).float().mean().item() * 100)
             if seed == 0:
                 maps[activation] = f.view(151, 151)
-        rows.append(f"| {activation} | {' / '.join(f'{v:.2g}' for v in mse)} | {mean_std(max_err)} | {mean_std(sign_acc)} |")
+        rows.append(
+            f"| {activation} | {' / '.join(f'{v:.2g}' for v in mse)} | {mean_std(max_err)} | {mean_std(sign_acc)} |"
+        )
     lines = [
         "# Experiment 3: expressiveness on the oscillating circle",
         "",

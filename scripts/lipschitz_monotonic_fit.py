@@ -60,9 +60,7 @@ def main():
                 worst_drop.append(drop)
                 rmse.append(((f - torch.log(grid[:, 0])) ** 2).mean().sqrt().item())
                 curves[(setting, name)].append(f)
-            rows.append(
-                f"| {setting} | {name} | {non_monotone} / {SEEDS} | {max(worst_drop):.2g} | {mean_std(rmse)} |"
-            )
+            rows.append(f"| {setting} | {name} | {non_monotone} / {SEEDS} | {max(worst_drop):.2g} | {mean_std(rmse)} |")
     lines = [
         "# Experiment 2: monotonic fit of log(x)",
         "",

@@ -112,8 +112,10 @@ def main(noise: float):
     top = max(mean(r["acc"]) for r in results.values())
     accurate = [name for name, r in results.items() if mean(r["acc"]) >= top - 0.5]
     best = max(accurate, key=lambda name: mean(results[name]["radius"]))
-    lines.append(f"Largest mean certified radius among the losses within 0.5 points of the best accuracy "
-                 f"({', '.join(accurate)}): {best}.")
+    lines.append(
+        f"Largest mean certified radius among the losses within 0.5 points of the best accuracy "
+        f"({', '.join(accurate)}): {best}."
+    )
     lines.append("")
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
     fig, axes = plt.subplots(2, 3, figsize=(12, 7.5))

@@ -7,7 +7,6 @@ Writes results/lipschitz/outlier.{md,png}.
 
 from __future__ import annotations
 
-
 import matplotlib
 
 matplotlib.use("Agg")
@@ -38,7 +37,7 @@ def slopes(model, grid):
 def main():
     torch.set_num_threads(1)
     grid = torch.linspace(-3, 3, 1201)[:, None]
-    near = (grid[:-1, 0].abs() < 0.3)  # slopes next to the outlier at x = 0
+    near = grid[:-1, 0].abs() < 0.3  # slopes next to the outlier at x = 0
     stats = {name: {"max": [], "near": [], "pull": [], "rmse": []} for name in ("lipschitz", "unconstrained")}
     curves = {name: [] for name in stats}
     for seed in range(SEEDS):

@@ -92,7 +92,10 @@ def train_lgbm(table, data, seed, leaves):
     }
     train_set = lgb.Dataset(x, y)
     booster = lgb.train(
-        params, train_set, num_boost_round=1000, valid_sets=[lgb.Dataset(xv, yv, reference=train_set)],
+        params,
+        train_set,
+        num_boost_round=1000,
+        valid_sets=[lgb.Dataset(xv, yv, reference=train_set)],
         callbacks=[lgb.early_stopping(50, verbose=False)],
     )
     raw = lambda a: booster.predict(a, num_iteration=booster.best_iteration, raw_score=True)  # noqa: E731
@@ -126,7 +129,9 @@ def run_dataset(table):
         x_test, y_test = data[2]
         rng = np.random.default_rng(100 + seed)
         candidates = {
-            "monotone Lipschitz net": [lambda lam=lam: train_net("monotone", table, data, seed, lam) for lam in LAMBDAS],
+            "monotone Lipschitz net": [
+                lambda lam=lam: train_net("monotone", table, data, seed, lam) for lam in LAMBDAS
+            ],
             "unconstrained MLP": [lambda: train_net("mlp", table, data, seed)],
             "LightGBM, monotone": [lambda n=n: train_lgbm(table, data, seed, n) for n in LEAVES],
         }

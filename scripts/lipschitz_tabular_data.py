@@ -52,9 +52,14 @@ def heart(root: Path) -> Table:
     features = [c for c in train.columns if c != "target"]
     signs = [1 if c in ("trestbps", "chol") else 0 for c in features]
     return Table(
-        "Heart", "binary", features, signs,
-        train[features].to_numpy(float), train.target.to_numpy(float),
-        test[features].to_numpy(float), test.target.to_numpy(float),
+        "Heart",
+        "binary",
+        features,
+        signs,
+        train[features].to_numpy(float),
+        train.target.to_numpy(float),
+        test[features].to_numpy(float),
+        test.target.to_numpy(float),
     )
 
 

@@ -36,13 +36,25 @@ X1_BINS = np.linspace(0, 20, 21)
 
 
 def signal(n, rng):
-    return np.stack([rng.gamma(3.0, 1.0, n), 2 + rng.exponential(1.5, n), rng.exponential(1.0, n), rng.normal(0.5, 1, n)], 1)
+    return np.stack(
+        [rng.gamma(3.0, 1.0, n), 2 + rng.exponential(1.5, n), rng.exponential(1.0, n), rng.normal(0.5, 1, n)], 1
+    )
 
 
 def background(n, rng):
     tail = int(TAIL_FRACTION * n)
-    bulk = np.stack([rng.exponential(1.5, n - tail), np.abs(rng.normal(0, 1.2, n - tail)), rng.exponential(2.5, n - tail), rng.normal(0, 1, n - tail)], 1)
-    extreme = np.stack([rng.uniform(10, 20, tail), rng.uniform(6, 12, tail), rng.exponential(2.5, tail), rng.normal(0, 1, tail)], 1)
+    bulk = np.stack(
+        [
+            rng.exponential(1.5, n - tail),
+            np.abs(rng.normal(0, 1.2, n - tail)),
+            rng.exponential(2.5, n - tail),
+            rng.normal(0, 1, n - tail),
+        ],
+        1,
+    )
+    extreme = np.stack(
+        [rng.uniform(10, 20, tail), rng.uniform(6, 12, tail), rng.exponential(2.5, tail), rng.normal(0, 1, tail)], 1
+    )
     return np.concatenate([bulk, extreme])
 
 
@@ -78,11 +90,23 @@ def train_net(kind, x, y, xv, yv, seed, mean, std):
 
 
 def train_lgbm(x, y, xv, yv, seed):
-    params = {"objective": "binary", "monotone_constraints": MONOTONE, "num_leaves": 15, "learning_rate": 0.05,
-              "num_threads": 1, "seed": seed, "verbose": -1}
+    params = {
+        "objective": "binary",
+        "monotone_constraints": MONOTONE,
+        "num_leaves": 15,
+        "learning_rate": 0.05,
+        "num_threads": 1,
+        "seed": seed,
+        "verbose": -1,
+    }
     train_set = lgb.Dataset(x, y)
-    booster = lgb.train(params, train_set, 1000, valid_sets=[lgb.Dataset(xv, yv, reference=train_set)],
-                        callbacks=[lgb.early_stopping(50, verbose=False)])
+    booster = lgb.train(
+        params,
+        train_set,
+        1000,
+        valid_sets=[lgb.Dataset(xv, yv, reference=train_set)],
+        callbacks=[lgb.early_stopping(50, verbose=False)],
+    )
     leaves = sum(t["num_leaves"] for t in booster.dump_model(num_iteration=booster.best_iteration)["tree_info"])
     return (lambda a: booster.predict(a, num_iteration=booster.best_iteration, raw_score=True)), leaves
 
@@ -141,7 +165,8 @@ def main():
                 curves[name] = eff
                 maps[name] = (predict(plane).reshape(len(a2), len(a1)), threshold)
     rows = [
-        f"| {n} | {mean_std(s['auc'])} | {mean_std(s['eff_top'])} | {sum(s['viol'])} | {s['size']} |" for n, s in stats.items()
+        f"| {n} | {mean_std(s['auc'])} | {mean_std(s['eff_top'])} | {sum(s['viol'])} | {s['size']} |"
+        for n, s in stats.items()
     ]
     lines = [
         "# Experiment 6: trigger-style example (synthetic data)",

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
-from lipschitz_common import RESULTS, REPO, provenance
+from lipschitz_common import REPO, RESULTS, provenance
 
 VARIANTS = {  # name -> model options
     "eq. 2.8 (per row), direct": {"vectorwise": "true", "mode": "direct", "budget": "clip"},
@@ -25,8 +24,14 @@ VARIANTS = {  # name -> model options
     "eq. 2.7 (whole matrix, clip), projection": {"vectorwise": "false", "mode": "project", "budget": "clip"},
 }
 SHARED = [
-    "experiment=lipschitz_mnist", "epochs=10", "model.options.width=512", "schedule.ramp_epochs=5",
-    "schedule.lr_milestones=[8]", "eval.every=0", "eval.eps_grid=[0.1]", "dataset.test_size=2000",
+    "experiment=lipschitz_mnist",
+    "epochs=10",
+    "model.options.width=512",
+    "schedule.ramp_epochs=5",
+    "schedule.lr_milestones=[8]",
+    "eval.every=0",
+    "eval.eps_grid=[0.1]",
+    "dataset.test_size=2000",
 ]
 
 
@@ -34,15 +39,21 @@ def main(data_dir: str) -> None:
     rows = []
     for index, (name, options) in enumerate(VARIANTS.items()):
         run_dir = REPO / "outputs" / "lipschitz_variants" / f"v{index}"
-        overrides = [*SHARED, *(f"++model.options.{k}={v}" for k, v in options.items()), f"data_dir={data_dir}",
-                     f"hydra.run.dir={run_dir}", "overwrite=true"]
-        subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], cwd=REPO, check=True,
-                       capture_output=True)
+        overrides = [
+            *SHARED,
+            *(f"++model.options.{k}={v}" for k, v in options.items()),
+            f"data_dir={data_dir}",
+            f"hydra.run.dir={run_dir}",
+            "overwrite=true",
+        ]
+        subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], cwd=REPO, check=True, capture_output=True)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         verified = metrics["verified_err"]
-        rows.append(f"| {name} | {100 * metrics['clean_err']:.2f} | {100 * metrics['pgd_err']['0.1']:.2f} | "
-                    f"{100 * verified['lipschitz']['0.1']:.2f} | {metrics['seconds']:.0f} | "
-                    f"`python train.py {' '.join(overrides[:-2])}` |")
+        rows.append(
+            f"| {name} | {100 * metrics['clean_err']:.2f} | {100 * metrics['pgd_err']['0.1']:.2f} | "
+            f"{100 * verified['lipschitz']['0.1']:.2f} | {metrics['seconds']:.0f} | "
+            f"`python train.py {' '.join(overrides[:-2])}` |"
+        )
     lines = [
         "# Normalisation variants (Kitouni et al. eqs. 2.7 / 2.8; direct parametrisation vs projection)",
         "",

@@ -71,8 +71,13 @@ def best_verified(metrics: dict) -> dict[str, float]:
 def table(runs: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for name, m in runs.items():
-        row = {"run": name, "status": "finished", "method": m.get("method"), "data": m.get("dataset"),
-               "clean_err": m["clean_err"]}
+        row = {
+            "run": name,
+            "status": "finished",
+            "method": m.get("method"),
+            "data": m.get("dataset"),
+            "clean_err": m["clean_err"],
+        }
         for eps, err in sorted(m["pgd_err"].items(), key=lambda item: float(item[0])):
             row[f"pgd@{eps}"] = err
         for bound, curve in m["verified_err"].items():
@@ -85,6 +90,7 @@ def table(runs: dict[str, dict]) -> pd.DataFrame:
 
 def markdown(frame: pd.DataFrame, missing: dict[str, str] | None = None) -> str:
     """A GitHub markdown table (errors as fractions with 4 decimals), then the runs without results."""
+
     def cell(value) -> str:
         if isinstance(value, float):
             return "" if pd.isna(value) else f"{value:.4f}"

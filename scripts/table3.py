@@ -25,9 +25,22 @@ from matplotlib.figure import Figure
 log = logging.getLogger("table3")
 
 COLUMNS = [
-    "method", "estimator", "loss_fusion", "eps_train", "seed", "clean_err",
-    "verified_err_0.1", "verified_err_0.2", "verified_err_0.3", "verified_err_0.4", "verified_err_0.5",
-    "pgd_err_0.3", "epochs", "seconds", "command", "commit",
+    "method",
+    "estimator",
+    "loss_fusion",
+    "eps_train",
+    "seed",
+    "clean_err",
+    "verified_err_0.1",
+    "verified_err_0.2",
+    "verified_err_0.3",
+    "verified_err_0.4",
+    "verified_err_0.5",
+    "pgd_err_0.3",
+    "epochs",
+    "seconds",
+    "command",
+    "commit",
 ]
 
 
@@ -47,8 +60,12 @@ def commit_at_start(run_dir: Path) -> str | None:
     if not first.startswith("["):
         return None
     started = first[1:20]  # "2026-12-01 22:43:52"
-    result = subprocess.run(["git", "log", "-1", "--format=%h", f"--before={started} +0000"],
-                            capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        ["git", "log", "-1", "--format=%h", f"--before={started} +0000"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     return result.stdout.strip() or None
 
 
@@ -106,14 +123,21 @@ def drawdown(rows_and_curves, eps_train: float) -> Figure:
 def table_markdown(rows: list[dict], eps_train: float) -> list[str]:
     """Table 3's layout: one line per run, errors in %, sorted by method."""
     radii = (0.1, 0.2, 0.3, 0.4, 0.5)
-    lines = [f"### eps_train {eps_train:g}", "",
-             "| run | standard | " + " | ".join(f"verified {e}" for e in radii) + " | PGD 0.3 | epochs | minutes | commit |",
-             "| --- |" + " --- |" * (len(radii) + 5)]
+    lines = [
+        f"### eps_train {eps_train:g}",
+        "",
+        "| run | standard | " + " | ".join(f"verified {e}" for e in radii) + " | PGD 0.3 | epochs | minutes | commit |",
+        "| --- |" + " --- |" * (len(radii) + 5),
+    ]
     for row in sorted(rows, key=lambda r: (r["method"], r["estimator"], r["loss_fusion"], r["seed"])):
         cells = [label(row), f"{100 * row['clean_err']:.2f}"]
         cells += [f"{100 * row[f'verified_err_{e}']:.2f}" if row[f"verified_err_{e}"] != "" else "-" for e in radii]
-        cells += [f"{100 * row['pgd_err_0.3']:.2f}" if row["pgd_err_0.3"] != "" else "-", str(row["epochs"]),
-                  f"{row['seconds'] / 60:.1f}", row["commit"]]
+        cells += [
+            f"{100 * row['pgd_err_0.3']:.2f}" if row["pgd_err_0.3"] != "" else "-",
+            str(row["epochs"]),
+            f"{row['seconds'] / 60:.1f}",
+            row["commit"],
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -122,7 +146,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("results/gm"))
-    parser.add_argument("--default-commit", default="unknown", help="commit of runs whose metrics.json predates provenance")
+    parser.add_argument(
+        "--default-commit", default="unknown", help="commit of runs whose metrics.json predates provenance"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows, curves = [], []

@@ -40,7 +40,9 @@ def randomize_batchnorm(model: nn.Module, generator: torch.Generator) -> None:
 def random_conv_net(kind: str, generator: torch.Generator) -> tuple[nn.Sequential, tuple[int, ...]]:
     """A small random network exercising one family of layers; returns (model, input shape)."""
     if kind == "mlp":
-        return nn.Sequential(nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5)), (12,)
+        return nn.Sequential(
+            nn.Flatten(), nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 5)
+        ), (12,)
     if kind == "conv":
         model = nn.Sequential(
             Normalize((0.4, 0.5), (0.3, 0.2)),

@@ -41,7 +41,10 @@ def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 64), ("t10k", 16)):
-        for kind, array in (("images-idx3", rng.integers(0, 256, (n, 28, 28))), ("labels-idx1", rng.integers(0, 10, n))):
+        for kind, array in (
+            ("images-idx3", rng.integers(0, 256, (n, 28, 28))),
+            ("labels-idx1", rng.integers(0, 10, n)),
+        ):
             path = root / "MNIST" / "raw" / f"{prefix}-{kind}-ubyte.gz"
             path.parent.mkdir(parents=True, exist_ok=True)
             header = struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)

@@ -83,5 +83,7 @@ def test_alpha_crown_on_the_shared_network_is_sound_against_pgd():
         assert not (certified & attacked).any()
         assert (certified | ~crown).all()  # everything CROWN certifies, alpha-CROWN certifies
         x_L, x_U = input_box(x, eps)
-        assert (lower_bounds(model, x_L, x_U, margin_spec(y, 10), method="alpha-crown")
-                >= lower_bounds(model, x_L, x_U, margin_spec(y, 10), method="crown") - 1e-4).all()
+        assert (
+            lower_bounds(model, x_L, x_U, margin_spec(y, 10), method="alpha-crown")
+            >= lower_bounds(model, x_L, x_U, margin_spec(y, 10), method="crown") - 1e-4
+        ).all()

@@ -29,8 +29,11 @@ def crown_marks(name):
     return [pytest.mark.slow] if name != "mlp3_mnist_eps0.02" else []
 
 
-CASES = [pytest.param(name, method, key, id=f"{name}-{method}", marks=crown_marks(name) if method == "crown" else [])
-         for name in FIXTURES for method, key in [("ibp", "IBP"), ("crown-ibp", "CROWN-IBP"), ("crown", "CROWN")]]
+CASES = [
+    pytest.param(name, method, key, id=f"{name}-{method}", marks=crown_marks(name) if method == "crown" else [])
+    for name in FIXTURES
+    for method, key in [("ibp", "IBP"), ("crown-ibp", "CROWN-IBP"), ("crown", "CROWN")]
+]
 
 
 @pytest.mark.parametrize("name,method,key", CASES)
@@ -44,8 +47,11 @@ def test_margin_bounds_match_auto_lirpa(name, method, key):
 
 @pytest.mark.parametrize(
     "name,method,key",
-    [pytest.param(n, m, k, id=f"{n}-{m}", marks=crown_marks(n) if m == "crown" else [])
-     for n in FIXTURES for m, k in [("ibp", "IBP"), ("crown", "CROWN")]],
+    [
+        pytest.param(n, m, k, id=f"{n}-{m}", marks=crown_marks(n) if m == "crown" else [])
+        for n in FIXTURES
+        for m, k in [("ibp", "IBP"), ("crown", "CROWN")]
+    ],
 )
 def test_logit_bounds_match_auto_lirpa(name, method, key):
     model, data = load(name)

@@ -92,7 +92,9 @@ def test_lower_bounds_equal_compute_bounds(kind):
     model, x_L, x_U, gen = random_case(kind, 7)
     C = margin_spec(torch.zeros(x_L.shape[0], dtype=torch.long), model(x_L).shape[1])
     for method in METHODS:
-        torch.testing.assert_close(lower_bounds(model, x_L, x_U, C, method=method), compute_bounds(model, x_L, x_U, C=C, method=method)[0])
+        torch.testing.assert_close(
+            lower_bounds(model, x_L, x_U, C, method=method), compute_bounds(model, x_L, x_U, C=C, method=method)[0]
+        )
 
 
 def test_crown_ibp_is_at_least_as_tight_as_ibp_on_the_linear_part():
@@ -158,7 +160,7 @@ def test_maxpool_backward_bound_is_tighter_than_intervals_on_small_boxes():
     x_L, x_U = center - 0.02, center + 0.02  # at large radii CROWN may be looser than IBP
     ibp = compute_bounds(model, x_L, x_U, method="ibp")
     crown = compute_bounds(model, x_L, x_U, method="crown")
-    assert ((crown[1] - crown[0]).mean() < (ibp[1] - ibp[0]).mean())
+    assert (crown[1] - crown[0]).mean() < (ibp[1] - ibp[0]).mean()
 
 
 def test_certified_requires_every_margin_above_the_slack():
@@ -194,7 +196,10 @@ def test_training_mode_batchnorm_uses_the_clean_batch_statistics():
     running = [m.running_mean.clone() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     bounds = {m: compute_bounds(model, x_L, x_U, method=m, x=x) for m in METHODS}
     # The engine must not touch running statistics.
-    assert all(torch.equal(a, m.running_mean) for a, m in zip(running, [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]))
+    assert all(
+        torch.equal(a, m.running_mean)
+        for a, m in zip(running, [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)])
+    )
     # Reference: the same network with the clean batch's statistics frozen into eval-mode BatchNorm.
     frozen = random_case("batchnorm", 4, batch=8)[0]
     activation = x
@@ -212,7 +217,9 @@ def test_training_mode_batchnorm_uses_the_clean_batch_statistics():
             for method, (lower, upper) in bounds.items():
                 assert (logits >= lower - TOL).all() and (logits <= upper + TOL).all(), method
     for method in METHODS:
-        torch.testing.assert_close(bounds[method][0], compute_bounds(frozen, x_L, x_U, method=method)[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            bounds[method][0], compute_bounds(frozen, x_L, x_U, method=method)[0], rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -25,10 +25,29 @@ def compose_config(*overrides):
 
 
 def test_groups_list_every_published_choice():
-    assert set(METHODS) == {"standard", "ibp", "crown_ibp", "gm_ibp", "gm_crown_ibp", "lipschitz", "sabr", "mtl_ibp",
-                            "cc_ibp", "exp_ibp"}
-    assert set(MODELS) == {"mlp", "dm_small", "dm_medium", "dm_large", "cnn7", "wk17a", "rsl18a", "lipschitz_mlp",
-                           "lipschitz_mlp_large"}
+    assert set(METHODS) == {
+        "standard",
+        "ibp",
+        "crown_ibp",
+        "gm_ibp",
+        "gm_crown_ibp",
+        "lipschitz",
+        "sabr",
+        "mtl_ibp",
+        "cc_ibp",
+        "exp_ibp",
+    }
+    assert set(MODELS) == {
+        "mlp",
+        "dm_small",
+        "dm_medium",
+        "dm_large",
+        "cnn7",
+        "wk17a",
+        "rsl18a",
+        "lipschitz_mlp",
+        "lipschitz_mlp_large",
+    }
     assert {"mnist", "fashion_mnist", "cifar10", "mnist5k"} <= set(DATASETS)
 
 
@@ -64,8 +83,14 @@ def test_wrong_types_are_rejected(override):
 
 @pytest.mark.parametrize(
     "override",
-    ["gm.weights=harmonic", "device=tpu", "gm.estimator=importance", "schedule.ramp_shape=cosine",
-     "dataset.name=svhn", "method=lipschitz method.lipschitz_loss=l2"],
+    [
+        "gm.weights=harmonic",
+        "device=tpu",
+        "gm.estimator=importance",
+        "schedule.ramp_shape=cosine",
+        "dataset.name=svhn",
+        "method=lipschitz method.lipschitz_loss=l2",
+    ],
 )
 def test_closed_choices_fail_at_composition_naming_the_choices(override):
     with pytest.raises(ConfigCompositionException) as err:

@@ -11,8 +11,7 @@ import itertools
 import pytest
 from hydra import compose, initialize_config_dir
 
-from certtrain.config import check_config, register_configs
-from certtrain.config import ConfigError
+from certtrain.config import ConfigError, check_config, register_configs
 from certtrain.methods import get_method
 from tests.test_config import CONF, DATASETS, METHODS, MODELS
 

@@ -85,7 +85,8 @@ def test_loss_fusion_and_intermediate_bounds(kind):
     d_model, d_L, d_U, d_y = on_device(model, x - 0.05, x + 0.05, y)
     same_as_cpu(ce_upper_bound(d_model, d_L, d_U, d_y), ce_upper_bound(model, x - 0.05, x + 0.05, y))
     for (lo, up), (lo_cpu, up_cpu) in zip(
-        intermediate_bounds(d_model, d_L, d_U, method="crown"), intermediate_bounds(model, x - 0.05, x + 0.05, method="crown")
+        intermediate_bounds(d_model, d_L, d_U, method="crown"),
+        intermediate_bounds(model, x - 0.05, x + 0.05, method="crown"),
     ):
         same_as_cpu(lo, lo_cpu)
         same_as_cpu(up, up_cpu)
@@ -114,8 +115,17 @@ def test_every_robust_loss_and_its_gradient(method, estimator, fusion, stack, mo
 
     def loss_of(m, xs, ys):
         ctx = RobustContext(
-            m, xs, ys, eps=0.1, beta=0.5, gm_n=3, num_classes=num_classes, gm_estimator=estimator,
-            loss_fusion=fusion, generator=torch.Generator().manual_seed(0), method=get_method(method).config(),
+            m,
+            xs,
+            ys,
+            eps=0.1,
+            beta=0.5,
+            gm_n=3,
+            num_classes=num_classes,
+            gm_estimator=estimator,
+            loss_fusion=fusion,
+            generator=torch.Generator().manual_seed(0),
+            method=get_method(method).config(),
         )
         loss, parts = training_loss(method, ctx, kappa=0.5)
         loss.backward()
@@ -130,14 +140,21 @@ def test_every_robust_loss_and_its_gradient(method, estimator, fusion, stack, mo
         same_as_cpu(d_param.grad, param.grad, rtol=1e-3, atol=1e-4)
 
 
-@pytest.mark.skipif(not REAL, reason="the Lipschitz bound reads its per-layer norms back to the host "
-                    "(a few synchronisations per step), which the meta device cannot do")
+@pytest.mark.skipif(
+    not REAL,
+    reason="the Lipschitz bound reads its per-layer norms back to the host "
+    "(a few synchronisations per step), which the meta device cannot do",
+)
 def test_lipschitz_loss_on_the_device():
     model = build_model("lipschitz_mlp", "mnist")
     x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
-    expected = get_method("lipschitz").loss(RobustContext(model, x, y, 0.1, 0.0, method=get_method("lipschitz").config(temperature=1.0)))
+    expected = get_method("lipschitz").loss(
+        RobustContext(model, x, y, 0.1, 0.0, method=get_method("lipschitz").config(temperature=1.0))
+    )
     d_model, d_x, d_y = on_device(model, x, y)
-    got = get_method("lipschitz").loss(RobustContext(d_model, d_x, d_y, 0.1, 0.0, method=get_method("lipschitz").config(temperature=1.0)))
+    got = get_method("lipschitz").loss(
+        RobustContext(d_model, d_x, d_y, 0.1, 0.0, method=get_method("lipschitz").config(temperature=1.0))
+    )
     same_as_cpu(got, expected.detach())
 
 
@@ -145,8 +162,17 @@ def test_a_full_training_step_of_dm_small():
     model = build_model("dm_small", "mnist").to(DEVICE).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = torch.rand(8, 1, 28, 28, device=DEVICE), torch.randint(0, 10, (8,), device=DEVICE)
-    ctx = RobustContext(model, x, y, eps=0.1, beta=0.5, gm_n=4, gm_estimator="sampled", loss_fusion=True,
-                        generator=torch.Generator().manual_seed(0))
+    ctx = RobustContext(
+        model,
+        x,
+        y,
+        eps=0.1,
+        beta=0.5,
+        gm_n=4,
+        gm_estimator="sampled",
+        loss_fusion=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     loss, _ = training_loss("gm_crown_ibp", ctx, kappa=0.5)
     optimizer.zero_grad()
     loss.backward()
@@ -168,8 +194,9 @@ def test_stacked_radii_match_one_after_another():
 def test_pgd_and_the_certifiers():
     model, x, y, num_classes = case("conv", batch=6)
     d_model, d_x, d_y = on_device(model, x, y)
-    x_adv, found = pgd_attack(d_model, d_x, d_y, 0.1, steps=3, restarts=2,
-                              generator=torch.Generator(device=DEVICE) if REAL else None)
+    x_adv, found = pgd_attack(
+        d_model, d_x, d_y, 0.1, steps=3, restarts=2, generator=torch.Generator(device=DEVICE) if REAL else None
+    )
     assert x_adv.device.type == found.device.type == DEVICE.type
     for name in ("ibp", "crown-ibp", "crown"):
         certified = CERTIFIERS[name](d_model, d_x, d_y, 0.05, num_classes)

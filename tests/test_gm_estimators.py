@@ -22,8 +22,17 @@ def fixed_net(seed=0):
 
 def gm_context(model, x, y, estimator, generator=None, n=4, weights="inverse", beta=0.5, fusion=False):
     return RobustContext(
-        model, x, y, eps=0.3, beta=beta, gm_n=n, gm_weights=weights, num_classes=5,
-        gm_estimator=estimator, loss_fusion=fusion, generator=generator,
+        model,
+        x,
+        y,
+        eps=0.3,
+        beta=beta,
+        gm_n=n,
+        gm_weights=weights,
+        num_classes=5,
+        gm_estimator=estimator,
+        loss_fusion=fusion,
+        generator=generator,
     )
 
 
@@ -41,7 +50,9 @@ def test_estimators_are_unbiased_in_value_and_gradient(estimator, fusion):
     x, y = torch.rand(16, 1, 3, 4, generator=gen), torch.randint(0, 5, (16,), generator=gen)
     exact_loss, exact_grad = loss_and_grad(model, gm_context(model, x, y, "all", fusion=fusion))
     draws = torch.Generator().manual_seed(1)
-    losses, grads = zip(*(loss_and_grad(model, gm_context(model, x, y, estimator, draws, fusion=fusion)) for _ in range(800)))
+    losses, grads = zip(
+        *(loss_and_grad(model, gm_context(model, x, y, estimator, draws, fusion=fusion)) for _ in range(800))
+    )
     losses, grads = torch.stack(losses), torch.stack(grads)
     # Within 4 standard errors of the Monte Carlo mean, value and every gradient coordinate.
     loss_se = losses.std() / len(losses) ** 0.5
@@ -58,7 +69,9 @@ def test_stratified_has_less_variance_than_sampled():
     spread = {}
     for estimator in ("sampled", "stratified"):
         draws = torch.Generator().manual_seed(2)
-        values = torch.stack([global_robust_loss(gm_context(model, x, y, estimator, draws), 0.5).detach() for _ in range(300)])
+        values = torch.stack(
+            [global_robust_loss(gm_context(model, x, y, estimator, draws), 0.5).detach() for _ in range(300)]
+        )
         spread[estimator] = values.var()
     assert spread["stratified"] < spread["sampled"]
 

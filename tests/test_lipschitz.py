@@ -5,8 +5,14 @@ import torch
 from torch import nn
 
 from certtrain import layers
-from certtrain.lipschitz import GroupSort, LipschitzLinear, lipschitz_bound
-from certtrain.lipschitz import attach_projection, normalize_weight, operator_norm
+from certtrain.lipschitz import (
+    GroupSort,
+    LipschitzLinear,
+    attach_projection,
+    lipschitz_bound,
+    normalize_weight,
+    operator_norm,
+)
 from certtrain.lipschitz.zoo import lipschitz_mlp, lipschitz_stack
 
 HAND = torch.tensor([[3.0, -1.0], [1.0, 1.0]])  # column sums 4, 2; row sums 4, 2; largest entry 3
@@ -154,7 +160,9 @@ def test_frozen_model_loads_into_a_plain_mlp():
     x = torch.rand(5, 1, 4, 4)
     before = model(x)
     state = freeze_lipschitz_(model).state_dict()
-    plain = nn.Sequential(model[0], nn.Flatten(), nn.Linear(16, 8), GroupSort(2), nn.Linear(8, 8), GroupSort(2), nn.Linear(8, 3))
+    plain = nn.Sequential(
+        model[0], nn.Flatten(), nn.Linear(16, 8), GroupSort(2), nn.Linear(8, 8), GroupSort(2), nn.Linear(8, 3)
+    )
     plain.load_state_dict(state)
     torch.testing.assert_close(plain(x), before)
 

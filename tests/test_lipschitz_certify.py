@@ -6,10 +6,9 @@ from torch import nn
 
 from certtrain.attacks import pgd_attack
 from certtrain.bounds import FLOAT32_SLACK
-from certtrain.lipschitz import certified_radius, lipschitz_certified, margin_sensitivities
+from certtrain.lipschitz import certified_radius, lipschitz_bound, lipschitz_certified, margin_sensitivities
 from certtrain.lipschitz.certify import lipschitz_margin_lower_bounds
 from certtrain.lipschitz.losses import binary_hinge, multiclass_hinge, temperature_cross_entropy
-from certtrain.lipschitz import lipschitz_bound
 from certtrain.lipschitz.zoo import lipschitz_mlp
 
 
@@ -113,7 +112,7 @@ def test_margin_lower_bounds_follow_the_spec_order_and_hold(trained):
         logits = model(x)
         lower = lipschitz_margin_lower_bounds(model, logits, y, eps)
         assert torch.equal(certified(lower), lipschitz_certified(model, x, y, eps))
-        moved = (x + eps * (2 * torch.rand_like(x) - 1))
+        moved = x + eps * (2 * torch.rand_like(x) - 1)
         logits2 = model(moved)
     others = [[j for j in range(3) if j != label] for label in y.tolist()]
     true_margins = torch.stack([logits2[i, y[i]] - logits2[i, others[i]] for i in range(len(y))])

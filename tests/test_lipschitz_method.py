@@ -4,11 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from certtrain.lipschitz import lipschitz_certified
-from certtrain.lipschitz.losses import multiclass_hinge
-from certtrain.lipschitz import certify_any
+from certtrain.lipschitz import certify_any, lipschitz_certified
 from certtrain.lipschitz.certify import lipschitz_margin_lower_bounds
-from certtrain.lipschitz.losses import lipschitz_robust_loss
+from certtrain.lipschitz.losses import lipschitz_robust_loss, multiclass_hinge
 from certtrain.lipschitz.zoo import lipschitz_mlp
 
 
@@ -22,16 +20,21 @@ def model_and_batch():
 def test_loss_at_eps_zero_is_the_plain_loss(model_and_batch):
     model, x, y = model_and_batch
     logits = model(x)
-    torch.testing.assert_close(lipschitz_robust_loss(model, logits, y, 0.0, loss="ce", temperature=1.0, margin=0.1), F.cross_entropy(logits, y))
     torch.testing.assert_close(
-        lipschitz_robust_loss(model, logits, y, 0.0, loss="hinge", temperature=1.0, margin=0.3), multiclass_hinge(logits, y, 0.3)
+        lipschitz_robust_loss(model, logits, y, 0.0, loss="ce", temperature=1.0, margin=0.1), F.cross_entropy(logits, y)
+    )
+    torch.testing.assert_close(
+        lipschitz_robust_loss(model, logits, y, 0.0, loss="hinge", temperature=1.0, margin=0.3),
+        multiclass_hinge(logits, y, 0.3),
     )
 
 
 def test_loss_grows_with_eps_and_trains_the_weights(model_and_batch):
     model, x, y = model_and_batch
     logits = model(x)
-    small, large = (lipschitz_robust_loss(model, logits, y, e, loss="ce", temperature=4.0, margin=0.1) for e in (0.01, 0.2))
+    small, large = (
+        lipschitz_robust_loss(model, logits, y, e, loss="ce", temperature=4.0, margin=0.1) for e in (0.01, 0.2)
+    )
     assert large > small
     large.backward()
     assert model[-1].parametrizations.weight.original.grad.abs().sum() > 0

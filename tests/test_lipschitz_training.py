@@ -13,9 +13,22 @@ from certtrain.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "method=lipschitz", "model=lipschitz_mlp", "dataset=mnist", "dataset.train_size=64", "dataset.test_size=16",
-    "batch_size=32", "epochs=2", "eps=0.1", "schedule.warmup_epochs=0", "schedule.ramp_epochs=1", "eval.every=1",
-    "eval.subset=8", "eval.pgd_steps=2", "eval.eps_grid=[0.01,0.1]", "device=cpu", "log_every=1",
+    "method=lipschitz",
+    "model=lipschitz_mlp",
+    "dataset=mnist",
+    "dataset.train_size=64",
+    "dataset.test_size=16",
+    "batch_size=32",
+    "epochs=2",
+    "eps=0.1",
+    "schedule.warmup_epochs=0",
+    "schedule.ramp_epochs=1",
+    "eval.every=1",
+    "eval.subset=8",
+    "eval.pgd_steps=2",
+    "eval.eps_grid=[0.01,0.1]",
+    "device=cpu",
+    "log_every=1",
 ]
 
 
@@ -48,9 +61,16 @@ def test_unknown_lipschitz_loss_fails_at_composition(data_dir, tmp_path):
 
 
 def test_dynamic_hinge_and_model_options_from_the_command_line(data_dir, tmp_path):
-    cfg = compose_config(*TINY, "method.lipschitz_loss=dynamic_hinge", "+model.options.width=64",
-                         "+model.options.group_size=full", "+model.options.budget=scale", "+model.options.vectorwise=false",
-                         "eval.every=0", f"data_dir={data_dir}")
+    cfg = compose_config(
+        *TINY,
+        "method.lipschitz_loss=dynamic_hinge",
+        "+model.options.width=64",
+        "+model.options.group_size=full",
+        "+model.options.budget=scale",
+        "+model.options.vectorwise=false",
+        "eval.every=0",
+        f"data_dir={data_dir}",
+    )
     metrics = train(cfg, run_dir=tmp_path)
     assert metrics["verified_err"]["lipschitz"]["0.1"] >= metrics["pgd_err"]["0.1"]
     import torch

@@ -12,12 +12,12 @@ from certtrain import losses
 from certtrain.losses import (
     RobustContext,
     global_robust_loss,
-    stack_radii_by_default,
     input_box,
     margin_lower_bounds,
     radius_grid,
     radius_weights,
     robust_cross_entropy,
+    stack_radii_by_default,
 )
 from certtrain.methods import METHODS, Method, MethodConfig, get_method, training_loss
 
@@ -87,7 +87,9 @@ def test_robust_ce_pads_zero_at_the_true_class():
 def test_local_loss_matches_a_direct_computation():
     model, (x, y) = small_net(), batch()
     eps = 0.1
-    direct_lower = bounds.lower_bounds(model, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1), bounds.margin_spec(y, 5), "ibp")
+    direct_lower = bounds.lower_bounds(
+        model, (x - eps).clamp(0, 1), (x + eps).clamp(0, 1), bounds.margin_spec(y, 5), "ibp"
+    )
     expected = robust_cross_entropy(direct_lower, y).mean()
     assert torch.allclose(get_method("ibp").robust_loss(context(model, x, y, eps)), expected, atol=1e-6)
 
@@ -136,7 +138,9 @@ def test_crown_ibp_mixes_the_two_bounds_and_skips_crown_at_beta_zero(monkeypatch
     assert torch.allclose(mixed, 0.25 * crown + 0.75 * ibp, atol=1e-6)
     calls = []
     real = bounds.lower_bounds
-    monkeypatch.setattr(losses, "lower_bounds", lambda *a, method, **k: calls.append(method) or real(*a, method=method, **k))
+    monkeypatch.setattr(
+        losses, "lower_bounds", lambda *a, method, **k: calls.append(method) or real(*a, method=method, **k)
+    )
     get_method("crown_ibp").robust_loss(context(model, x, y, 0.1, beta=0.0))
     assert calls == ["ibp"]
 
@@ -148,10 +152,14 @@ def test_global_loss_stacks_radii_or_not_alike_and_supports_batch_norm(monkeypat
     calls = []
     real = bounds.lower_bounds
     monkeypatch.setattr(losses, "lower_bounds", lambda *a, **k: calls.append(a[1].shape[0]) or real(*a, **k))
-    loss = global_robust_loss(context(model, x, y, 0.1, n=3, beta=1.0, weights="inverse"), beta=1.0, stack_radii=stack_radii)
+    loss = global_robust_loss(
+        context(model, x, y, 0.1, n=3, beta=1.0, weights="inverse"), beta=1.0, stack_radii=stack_radii
+    )
     # stacked: the three radii in one call along the batch; otherwise one call per radius
     assert calls == ([3 * len(x)] if stack_radii else [len(x)] * 3)
-    other = global_robust_loss(context(model, x, y, 0.1, n=3, beta=1.0, weights="inverse"), beta=1.0, stack_radii=not stack_radii)
+    other = global_robust_loss(
+        context(model, x, y, 0.1, n=3, beta=1.0, weights="inverse"), beta=1.0, stack_radii=not stack_radii
+    )
     assert loss.item() == pytest.approx(other.item(), rel=1e-5)
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())

@@ -8,8 +8,15 @@ from certtrain.schedules import RampSchedule, ramp_fraction, step_lr
 
 
 def test_warmup_trains_plainly_then_ramps_to_the_final_values():
-    s = RampSchedule(eps_train=0.4, steps_per_epoch=10, warmup_epochs=2, ramp_epochs=4, kappa_final=0.5,
-                     beta_start=1.0, beta_final=0.0)
+    s = RampSchedule(
+        eps_train=0.4,
+        steps_per_epoch=10,
+        warmup_epochs=2,
+        ramp_epochs=4,
+        kappa_final=0.5,
+        beta_start=1.0,
+        beta_final=0.0,
+    )
     for step in range(20):
         assert (s.eps(step), s.kappa(step), s.beta(step)) == (0.0, 1.0, 1.0)
     assert 0 < s.eps(20) < 0.4

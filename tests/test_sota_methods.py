@@ -225,7 +225,9 @@ def test_bad_method_values_are_config_errors_naming_the_fix(method, override, fr
 def test_a_method_paired_with_a_model_it_cannot_train_names_the_models_that_fit():
     cfg = structured_config("lipschitz")
     cfg.model.name = "dm_small"
-    with pytest.raises(ConfigError, match="method=lipschitz trains only model=lipschitz_mlp or model=lipschitz_mlp_large"):
+    with pytest.raises(
+        ConfigError, match="method=lipschitz trains only model=lipschitz_mlp or model=lipschitz_mlp_large"
+    ):
         check_config(cfg)
 
 
@@ -242,15 +244,19 @@ def test_gm_loss_takes_any_per_sample_loss():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ATTACK_METHODS)
 def test_each_new_method_trains_from_the_command_line_config_with_gm_over_it(data_dir, tmp_path, method):
+    from certtrain.training import train
     from tests.test_training_cli import TINY, compose_config
 
-    from certtrain.training import train
-
     # TINY sets gm.n=2: GM over the method, with the sampled estimator as well
-    metrics = train(compose_config(f"method={method}", *TINY, "gm.estimator=sampled", "model.init=ibp",
-                                   f"data_dir={data_dir}"), run_dir=tmp_path)
+    metrics = train(
+        compose_config(f"method={method}", *TINY, "gm.estimator=sampled", "model.init=ibp", f"data_dir={data_dir}"),
+        run_dir=tmp_path,
+    )
     assert metrics["method"] == method and metrics["gm_n"] == 2
     assert set(metrics["verified_err"]) == {"ibp", "crown-ibp", "best"}
     for eps, best in metrics["verified_err"]["best"].items():
-        assert metrics["pgd_err"][eps] <= best <= min(metrics["verified_err"]["ibp"][eps],
-                                                        metrics["verified_err"]["crown-ibp"][eps])
+        assert (
+            metrics["pgd_err"][eps]
+            <= best
+            <= min(metrics["verified_err"]["ibp"][eps], metrics["verified_err"]["crown-ibp"][eps])
+        )

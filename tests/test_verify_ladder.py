@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from certtrain.verify import VerifyOptions
-from certtrain.verify import ladder
+from certtrain.verify import VerifyOptions, ladder
 from certtrain.verify.batch import run_batch
 from certtrain.verify.ladder import LADDER_COLUMNS, LadderViolation, ladder_references, violations, write_ladder
 
@@ -20,8 +19,9 @@ OPTIONS = VerifyOptions(eps=0.15, time_limit=30)
 
 def problem(n=10):
     torch.manual_seed(3)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(),
-                        nn.Linear(12, 3)).eval()
+    net = nn.Sequential(
+        nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 12), nn.ReLU(), nn.Linear(12, 3)
+    ).eval()
     images = torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         labels = net(images.float() / 255).argmax(1)
@@ -31,9 +31,20 @@ def problem(n=10):
 
 def run_ladder(out, n=10):
     net, images, labels = problem(n)
-    return run_batch(net, images, labels, range(n), out, settings={"model": "tiny", "eps": OPTIONS.eps},
-                     options=OPTIONS, pgd_steps=20, pgd_restarts=2, reference_fn=ladder_references,
-                     columns=LADDER_COLUMNS, summarize_fn=write_ladder)
+    return run_batch(
+        net,
+        images,
+        labels,
+        range(n),
+        out,
+        settings={"model": "tiny", "eps": OPTIONS.eps},
+        options=OPTIONS,
+        pgd_steps=20,
+        pgd_restarts=2,
+        reference_fn=ladder_references,
+        columns=LADDER_COLUMNS,
+        summarize_fn=write_ladder,
+    )
 
 
 def test_ladder_reports_every_rung_in_order(tmp_path):
@@ -41,10 +52,19 @@ def test_ladder_reports_every_rung_in_order(tmp_path):
     result = json.loads((tmp_path / "ladder.json").read_text())
     assert result["violations"] == []
     error = {r["rung"]: r["error_pct"] for r in result["rungs"]}
-    assert (error["PGD error"] <= error["exact (MILP), lower"] <= error["exact (MILP), upper"]
-            <= error["alpha-CROWN verified error"] <= error["CROWN (tight) verified error"]
-            <= error["IBP verified error"])
-    assert error["exact (MILP), upper"] <= error["alpha-CROWN (full) verified error"] <= error["CROWN (tight) verified error"]
+    assert (
+        error["PGD error"]
+        <= error["exact (MILP), lower"]
+        <= error["exact (MILP), upper"]
+        <= error["alpha-CROWN verified error"]
+        <= error["CROWN (tight) verified error"]
+        <= error["IBP verified error"]
+    )
+    assert (
+        error["exact (MILP), upper"]
+        <= error["alpha-CROWN (full) verified error"]
+        <= error["CROWN (tight) verified error"]
+    )
     assert error["clean error"] == 10.0
     # the problem is chosen so that the rungs differ: the ladder is not trivially flat
     assert error["IBP verified error"] > error["exact (MILP), upper"]
@@ -65,17 +85,38 @@ def test_an_unsound_certifier_breaks_the_ladder_and_is_named(tmp_path, monkeypat
     assert "certified by IBP but the exact answer is adversarial" in text  # a certificate of a real attack
 
 
-@pytest.mark.parametrize("row,expected", [
-    ({"ibp_verified": "True", "crown_tight_verified": "False"}, "certified by IBP but not by the tighter CROWN (tight)"),
-    ({"crown_tight_verified": "True", "alpha_crown_verified": "False"}, "not by the tighter alpha-CROWN"),
-    ({"alpha_crown_verified": "True", "crown_tight_verified": "True", "status": "adversarial"},
-     "but the exact answer is adversarial"),
-    ({"crown_ibp_verified": "True", "pgd_adversarial": "True"}, "but PGD found an adversarial input"),
-    ({"status": "robust", "pgd_adversarial": "True"}, "proved robust by the MILP but PGD found"),
-])
+@pytest.mark.parametrize(
+    "row,expected",
+    [
+        (
+            {"ibp_verified": "True", "crown_tight_verified": "False"},
+            "certified by IBP but not by the tighter CROWN (tight)",
+        ),
+        ({"crown_tight_verified": "True", "alpha_crown_verified": "False"}, "not by the tighter alpha-CROWN"),
+        (
+            {"alpha_crown_verified": "True", "crown_tight_verified": "True", "status": "adversarial"},
+            "but the exact answer is adversarial",
+        ),
+        ({"crown_ibp_verified": "True", "pgd_adversarial": "True"}, "but PGD found an adversarial input"),
+        ({"status": "robust", "pgd_adversarial": "True"}, "proved robust by the MILP but PGD found"),
+    ],
+)
 def test_each_kind_of_break_is_found(row, expected):
     base = {"index": "7", "status": "timeout", "pgd_adversarial": "False"}
     found = violations([{**base, **row}])
     assert any(expected in line and line.startswith("sample 7") for line in found), found
-    assert violations([{**base, "status": "robust", "alpha_crown_verified": "True", "alpha_crown_full_verified": "True",
-                        "crown_tight_verified": "True", "ibp_verified": "True"}]) == []
+    assert (
+        violations(
+            [
+                {
+                    **base,
+                    "status": "robust",
+                    "alpha_crown_verified": "True",
+                    "alpha_crown_full_verified": "True",
+                    "crown_tight_verified": "True",
+                    "ibp_verified": "True",
+                }
+            ]
+        )
+        == []
+    )

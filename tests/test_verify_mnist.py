@@ -16,8 +16,10 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 WEIGHTS = SHARED / "models" / "wk17a_linf0.1.pth"
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not (WEIGHTS.is_file() and (SHARED / "data" / "MNIST").is_dir()),
-                       reason="needs ../shared/models/wk17a_linf0.1.pth and ../shared/data/MNIST"),
+    pytest.mark.skipif(
+        not (WEIGHTS.is_file() and (SHARED / "data" / "MNIST").is_dir()),
+        reason="needs ../shared/models/wk17a_linf0.1.pth and ../shared/data/MNIST",
+    ),
 ]
 
 
@@ -41,7 +43,8 @@ def test_known_samples_at_eps_0_1(network_and_data, index, expected):
         # another tightening setting must not contradict the witness
         assert verify(net, x, label, VerifyOptions(eps=0.1, tightening="crown", pgd_steps=0)).status == "adversarial"
     else:
-        _, found = pgd_attack(net, x, torch.tensor([label]), 0.1, steps=100, restarts=3,
-                              generator=torch.Generator().manual_seed(0))
+        _, found = pgd_attack(
+            net, x, torch.tensor([label]), 0.1, steps=100, restarts=3, generator=torch.Generator().manual_seed(0)
+        )
         assert not bool(found[0])
         assert r.stats["unstable_final"] < r.stats["unstable_ibp"]  # tightening removed binaries

@@ -20,8 +20,14 @@ from certtrain.verify.onnx_import import UnsupportedOnnxError, load_onnx
 def small_cnn():
     torch.manual_seed(0)
     return nn.Sequential(
-        Normalize((0.3,), (0.4,)), nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.Linear(3 * 3 * 3, 8), nn.ReLU(), nn.Linear(8, 4),
+        Normalize((0.3,), (0.4,)),
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3 * 3 * 3, 8),
+        nn.ReLU(),
+        nn.Linear(8, 4),
     ).eval()
 
 
@@ -49,9 +55,15 @@ def test_exported_network_reads_back_equal(tmp_path, dynamo):
 def _graph_with(node, extra_inits=()):
     inits = [numpy_helper.from_array(np.ones((3, 4), np.float32), "w"), *extra_inits]
     nodes = [helper.make_node("Gemm", ["x", "w"], ["h"], transB=1), node]
-    return helper.make_model(helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, [1, 3])], inits))
+    return helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info(node.output[0], TensorProto.FLOAT, [1, 3])],
+            inits,
+        )
+    )
 
 
 def test_unsupported_node_is_named(tmp_path):
@@ -65,10 +77,15 @@ def test_matmul_plus_add_becomes_one_linear(tmp_path):
     w = np.arange(12, dtype=np.float32).reshape(4, 3) / 10
     b = np.array([1.0, -2.0, 0.5], np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
-    model = helper.make_model(helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")]))
+    model = helper.make_model(
+        helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+            [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+        )
+    )
     path = tmp_path / "mm.onnx"
     onnx.save(model, str(path))
     net = load_onnx(path)

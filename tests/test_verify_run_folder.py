@@ -18,16 +18,29 @@ from certtrain.verify.run_folder import RunFolderError, quote_path_overrides, re
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
-    "dataset=mnist", "dataset.train_size=64", "dataset.test_size=16", "batch_size=32", "epochs=1",
-    "model=mlp", "method=ibp", "eps=0.02", "eps_train=0.03", "schedule.warmup_epochs=0", "schedule.ramp_epochs=1",
-    "eval.every=0", "eval.pgd_steps=2", "eval.eps_grid=[0.02]", "device=cpu",
+    "dataset=mnist",
+    "dataset.train_size=64",
+    "dataset.test_size=16",
+    "batch_size=32",
+    "epochs=1",
+    "model=mlp",
+    "method=ibp",
+    "eps=0.02",
+    "eps_train=0.03",
+    "schedule.warmup_epochs=0",
+    "schedule.ramp_epochs=1",
+    "eval.every=0",
+    "eval.pgd_steps=2",
+    "eval.eps_grid=[0.02]",
+    "device=cpu",
 ]
 
 
 def run_script(script, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +53,17 @@ def trained(data_dir, tmp_path_factory):
 
 
 def verify_run(folder, out, data_dir, *extra):
-    return run_script("verify.py", f"run={folder}", "samples=0:4", f"out={out}", f"data_dir={data_dir}",
-                      "pgd_steps=2", "pgd_restarts=1", "time_limit=30", *extra)
+    return run_script(
+        "verify.py",
+        f"run={folder}",
+        "samples=0:4",
+        f"out={out}",
+        f"data_dir={data_dir}",
+        "pgd_steps=2",
+        "pgd_restarts=1",
+        "time_limit=30",
+        *extra,
+    )
 
 
 def one_line_error(result, match):
@@ -93,8 +115,12 @@ def test_bad_run_folders_get_one_line_errors(trained, data_dir, tmp_path, case):
     if case == "no_config":
         del state["config"]
         torch.save(state, folder / "checkpoint.pt")
-    expected = {"missing_folder": "is not a folder", "no_checkpoint": "holds no checkpoint.pt",
-                "unknown_model": "'resnet1000' network", "no_config": "pass weights=<checkpoint> with model="}[case]
+    expected = {
+        "missing_folder": "is not a folder",
+        "no_checkpoint": "holds no checkpoint.pt",
+        "unknown_model": "'resnet1000' network",
+        "no_config": "pass weights=<checkpoint> with model=",
+    }[case]
     with pytest.raises(RunFolderError, match=expected.replace("(", r"\(").replace("[", r"\[")):
         read_run(folder)
     one_line_error(verify_run(folder, tmp_path / "out", data_dir), expected)
@@ -105,9 +131,19 @@ def test_run_and_model_together_are_refused(trained, data_dir, tmp_path):
 
 
 def test_path_overrides_are_quoted_only_where_hydra_needs_it():
-    argv = ["verify.py", "run=multirun/2026-12-01_05-00-00/eps=0.5,method=ibp", "out=results/plain",
-            "samples=0:10", "weights='already/quoted=1'", "eps=0.1"]
+    argv = [
+        "verify.py",
+        "run=multirun/2026-12-01_05-00-00/eps=0.5,method=ibp",
+        "out=results/plain",
+        "samples=0:10",
+        "weights='already/quoted=1'",
+        "eps=0.1",
+    ]
     assert quote_path_overrides(argv) == [
-        "verify.py", "run='multirun/2026-12-01_05-00-00/eps=0.5,method=ibp'", "out=results/plain",
-        "samples=0:10", "weights='already/quoted=1'", "eps=0.1",
+        "verify.py",
+        "run='multirun/2026-12-01_05-00-00/eps=0.5,method=ibp'",
+        "out=results/plain",
+        "samples=0:10",
+        "weights='already/quoted=1'",
+        "eps=0.1",
     ]

@@ -28,7 +28,12 @@ def mlp(seed):
 def conv_maxpool(seed):
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 8), nn.ReLU(),
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(12, 8),
+        nn.ReLU(),
         nn.Linear(8, 3),
     ).eval()
 
@@ -43,15 +48,18 @@ def assert_witness(net, x, label, eps, r):
 
 
 def survives_pgd(net, x, label, eps) -> bool:
-    _, found = pgd_attack(net, x, torch.tensor([label]), eps, steps=60, restarts=5,
-                          generator=torch.Generator().manual_seed(1))
+    _, found = pgd_attack(
+        net, x, torch.tensor([label]), eps, steps=60, restarts=5, generator=torch.Generator().manual_seed(1)
+    )
     return not bool(found[0])
 
 
 @pytest.mark.parametrize(
     "build,shape,seeds,radii",
-    [pytest.param(mlp, (1, 6), range(4), (0.15, 0.3), marks=pytest.mark.slow),
-     (conv_maxpool, (1, 1, 4, 4), range(2), (0.05, 0.2))],
+    [
+        pytest.param(mlp, (1, 6), range(4), (0.15, 0.3), marks=pytest.mark.slow),
+        (conv_maxpool, (1, 1, 4, 4), range(2), (0.05, 0.2)),
+    ],
 )
 def test_answers_agree_and_hold_up(build, shape, seeds, radii):
     statuses = []
@@ -114,7 +122,12 @@ def test_blur_witness_is_a_blur_of_the_input():
     for seed in range(6):
         x = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(seed))
         label = int(net(x).argmax())
-        r = verify(net, x, label, VerifyOptions(eps=None, perturbation="blur", blur_kernel_size=3, objective="min_distortion", time_limit=30))
+        r = verify(
+            net,
+            x,
+            label,
+            VerifyOptions(eps=None, perturbation="blur", blur_kernel_size=3, objective="min_distortion", time_limit=30),
+        )
         statuses.append(r.status)
         if r.status == "adversarial":
             assert copy.deepcopy(net).double()(r.adversarial).argmax().item() != label
@@ -137,7 +150,9 @@ def test_min_distortion_bound_matches_the_robustness_threshold():
     net = conv_maxpool(0)
     x = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(0))
     label = int(net(x).argmax())
-    r = verify(net, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60))
+    r = verify(
+        net, x, label, VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", time_limit=60)
+    )
     assert r.status == "adversarial" and np.isfinite(r.distortion)
     below = verify(net, x, label, VerifyOptions(eps=r.bound * 0.98, pgd_steps=0, time_limit=60))
     above = verify(net, x, label, VerifyOptions(eps=min(1.0, r.distortion * 1.02), pgd_steps=0, time_limit=60))
@@ -170,5 +185,5 @@ def test_maxpool_networks_get_crown_bounds_through_the_pooling():
     pool = next(i for i, layer in enumerate(net) if isinstance(layer, nn.MaxPool2d))
     for (il, iu), (cl, cu) in zip(ibp, crown):
         assert (cl >= il - 1e-9).all() and (cu <= iu + 1e-9).all()
-    after = [(iu - il).sum() - (cu - cl).sum() for (il, iu), (cl, cu) in zip(ibp[pool + 2:], crown[pool + 2:])]
+    after = [(iu - il).sum() - (cu - cl).sum() for (il, iu), (cl, cu) in zip(ibp[pool + 2 :], crown[pool + 2 :])]
     assert max(after) > 1e-3

@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from certtrain.bounds.alpha import alpha_crown_lower
-from certtrain.bounds.fusion import fused_and_ibp_ce, log1p_sum_exp
 from certtrain.bounds.backward import backward_bounds, backward_lower, crown_intermediate_pass
+from certtrain.bounds.fusion import fused_and_ibp_ce, log1p_sum_exp
 from certtrain.bounds.graph import UnsupportedLayerError, build_ops, flatten_layers
 from certtrain.bounds.interval import ibp_bounds, identity_spec, interval_pass, interval_with_spec
 
@@ -112,9 +112,7 @@ def _check_spec(C, x_L, out_shape):
     if C.dim() == 2:
         C = C.expand(x_L.shape[0], *C.shape)
     if C.dim() != 3 or C.shape[0] != x_L.shape[0] or (C.shape[2],) != out_shape:
-        raise ValueError(
-            f"C must be (B, S, K) with B={x_L.shape[0]} and K={out_shape}, got {tuple(C.shape)}"
-        )
+        raise ValueError(f"C must be (B, S, K) with B={x_L.shape[0]} and K={out_shape}, got {tuple(C.shape)}")
     return C.to(device=x_L.device, dtype=x_L.dtype)
 
 
@@ -143,8 +141,9 @@ def compute_bounds(
         return ibp_bounds(ops, x_L, x_U, C)
     if method.startswith("alpha-crown"):  # rows [C; -C] optimised one by one: the upper bound is a lower one
         rows = C.shape[1]
-        lower = alpha_crown_lower(ops, torch.cat((C, -C), dim=1), x_L, x_U,
-                                  optimise_intermediate=method == "alpha-crown-full")
+        lower = alpha_crown_lower(
+            ops, torch.cat((C, -C), dim=1), x_L, x_U, optimise_intermediate=method == "alpha-crown-full"
+        )
         return lower[:, :rows], -lower[:, rows:]
     return backward_bounds(ops, C, _intermediate(ops, x_L, x_U, method), x_L, x_U)
 

@@ -32,8 +32,9 @@ TOLERANCE = 1e-4
 PATIENCE = 5
 
 
-def alpha_crown_lower(ops, C, x_L, x_U, iterations=ITERATIONS, lr=LEARNING_RATE, optimise_intermediate=False,
-                      shared_slopes=False):
+def alpha_crown_lower(
+    ops, C, x_L, x_U, iterations=ITERATIONS, lr=LEARNING_RATE, optimise_intermediate=False, shared_slopes=False
+):
     """Best lower bounds of C ops(x) over the box, (B, S), from optimised ReLU lower slopes.
 
     shared_slopes: one slope per neuron for all spec rows (optimising their summed bound)
@@ -58,7 +59,9 @@ def alpha_crown_lower(ops, C, x_L, x_U, iterations=ITERATIONS, lr=LEARNING_RATE,
             crown = backward_lower(ops, C, in_bounds, x_L, x_U, lower_slopes=_crown_slopes(ops, in_bounds, C.shape[1]))
         in_bounds = _optimised_intermediate_bounds(ops, in_bounds, x_L, x_U, iterations, lr)
         with torch.no_grad():
-            floor = torch.maximum(torch.maximum(floor, crown), interval_with_spec(ops[-1], *in_bounds[len(ops) - 1], C)[0])
+            floor = torch.maximum(
+                torch.maximum(floor, crown), interval_with_spec(ops[-1], *in_bounds[len(ops) - 1], C)[0]
+            )
     return _optimise_slopes(ops, C, in_bounds, x_L, x_U, iterations, lr, floor, shared_slopes)
 
 

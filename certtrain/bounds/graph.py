@@ -30,8 +30,7 @@ def flatten_layers(model: nn.Module) -> list[nn.Module]:
     """The layers of an nn.Sequential in order, nested Sequentials flattened."""
     if not isinstance(model, nn.Sequential):
         raise UnsupportedLayerError(
-            f"the bound engine takes an nn.Sequential, got {type(model).__name__}; "
-            "wrap the layers in nn.Sequential"
+            f"the bound engine takes an nn.Sequential, got {type(model).__name__}; wrap the layers in nn.Sequential"
         )
     layers = []
     for child in model:
@@ -41,8 +40,7 @@ def flatten_layers(model: nn.Module) -> list[nn.Module]:
 
 def _unsupported(index, layer, why=""):
     raise UnsupportedLayerError(
-        f"layer {index} ({type(layer).__name__}) cannot be bounded{': ' + why if why else ''}. "
-        f"Supported: {SUPPORTED}"
+        f"layer {index} ({type(layer).__name__}) cannot be bounded{': ' + why if why else ''}. Supported: {SUPPORTED}"
     )
 
 
@@ -98,8 +96,11 @@ def _make_op(index, layer, layer_input):
         pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
         if pair(layer.dilation) != (1, 1) or layer.ceil_mode or layer.return_indices:
             _unsupported(index, layer, "only MaxPool2d with dilation 1, ceil_mode=False, return_indices=False")
-        return MaxPoolOp(pair(layer.kernel_size), pair(layer.stride if layer.stride is not None else layer.kernel_size),
-                         pair(layer.padding))
+        return MaxPoolOp(
+            pair(layer.kernel_size),
+            pair(layer.stride if layer.stride is not None else layer.kernel_size),
+            pair(layer.padding),
+        )
     if isinstance(layer, GroupSort):
         return GroupSortOp(layer.group_size)
     _unsupported(index, layer)

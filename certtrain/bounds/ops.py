@@ -98,7 +98,12 @@ class ConvOp(AffineOp):
         in_h, in_w = self.in_shape[1:]
         if self.weight.shape[1] == 1 and self.groups == 1:
             A_in = transpose_to_one_channel(
-                A.reshape(-1, *out_shape), self.weight.to(A.dtype), self.stride, self.padding, self.dilation, (in_h, in_w)
+                A.reshape(-1, *out_shape),
+                self.weight.to(A.dtype),
+                self.stride,
+                self.padding,
+                self.dilation,
+                (in_h, in_w),
             )
             return A_in.reshape(*rows, *A_in.shape[1:])
         # conv_transpose2d cannot tell which input size a strided conv came from: pad the rest.
@@ -165,7 +170,9 @@ class AvgPoolOp(AffineOp):
         channels, in_h, in_w = self.in_shape
         kh, kw = self.kernel
         weight = A.new_full((channels, 1, kh, kw), 1.0 / (kh * kw))
-        extra = tuple(size - ((out - 1) * s + k) for size, out, s, k in zip((in_h, in_w), out_shape[1:], self.stride, (kh, kw)))
+        extra = tuple(
+            size - ((out - 1) * s + k) for size, out, s, k in zip((in_h, in_w), out_shape[1:], self.stride, (kh, kw))
+        )
         A_in = F.conv_transpose2d(A.reshape(-1, *out_shape), weight, None, self.stride, 0, extra, channels)
         return A_in.reshape(*rows, *A_in.shape[1:])
 
@@ -251,7 +258,10 @@ class GroupSortOp:
         pair = lambda t: t.reshape(*t.shape[:2], -1, 2, *t.shape[3:])  # noqa: E731
         A_pairs = pair(A)
         A_min, A_max = A_pairs[:, :, :, 0], A_pairs[:, :, :, 1]
-        lo, up = lower.reshape(lower.shape[0], -1, 2, *lower.shape[2:]), upper.reshape(upper.shape[0], -1, 2, *upper.shape[2:])
+        lo, up = (
+            lower.reshape(lower.shape[0], -1, 2, *lower.shape[2:]),
+            upper.reshape(upper.shape[0], -1, 2, *upper.shape[2:]),
+        )
         # d = b - a, where a is the first and b the second member of each pair.
         a_slope, d_slope, d_intercept = relu_relaxation(lo[:, :, 1] - up[:, :, 0], up[:, :, 1] - lo[:, :, 0])
         gain = A_max - A_min  # coefficient of relu(d) in A y

@@ -10,6 +10,7 @@ bounds, certificates, margin-aware losses, monotonic wrappers and the zoo archit
     method     what method=lipschitz registers with training and evaluation
 """
 
+from certtrain.layers import GroupSort
 from certtrain.lipschitz.bound import lipschitz_bound, margin_sensitivities, partial_derivative_bounds
 from certtrain.lipschitz.certify import certified_radius, certify_any, lipschitz_certified
 from certtrain.lipschitz.layers import (
@@ -21,7 +22,6 @@ from certtrain.lipschitz.layers import (
     project_lipschitz_,
 )
 from certtrain.lipschitz.monotonic import MonotonicWrapper
-from certtrain.layers import GroupSort
 
 __all__ = [
     "GroupSort",

@@ -9,8 +9,8 @@ import math
 import torch
 from torch import nn
 
-from certtrain.lipschitz.layers import KINDS, _check_kind, operator_norm
 from certtrain.layers import GroupSort, Normalize
+from certtrain.lipschitz.layers import KINDS, _check_kind, operator_norm
 
 # Layers that are 1-Lipschitz in every l_p norm (permutations, ReLU, reshapes).
 _ONE_LIPSCHITZ = (GroupSort, nn.ReLU, nn.Identity, nn.Flatten, nn.Dropout, nn.Tanh)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from certtrain.bounds import certified as bounds_certify, lower_bounds, margin_spec
+from certtrain.bounds import certified as bounds_certify
+from certtrain.bounds import lower_bounds, margin_spec
 from certtrain.lipschitz.bound import margin_sensitivities
 
 

@@ -46,8 +46,15 @@ def half_distance_to_other_class(x: torch.Tensor, y: torch.Tensor, p: float = fl
 
 
 def lipschitz_robust_loss(
-    model: nn.Module, logits: torch.Tensor, y: torch.Tensor, eps: float | torch.Tensor, *, loss: str,
-    temperature: float, margin: float, x: torch.Tensor | None = None,
+    model: nn.Module,
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    eps: float | torch.Tensor,
+    *,
+    loss: str,
+    temperature: float,
+    margin: float,
+    x: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean margin-aware loss on the certified (Lipschitz lower-bound) margins.
 

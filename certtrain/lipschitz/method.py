@@ -23,8 +23,14 @@ def robust_loss(ctx) -> torch.Tensor:
     options = ctx.method
     logits = ctx.model(ctx.x) if ctx.logits is None else ctx.logits
     return lipschitz_robust_loss(
-        ctx.model, logits, ctx.y, ctx.eps, loss=str(options.lipschitz_loss), temperature=options.temperature,
-        margin=options.hinge_margin, x=ctx.x,
+        ctx.model,
+        logits,
+        ctx.y,
+        ctx.eps,
+        loss=str(options.lipschitz_loss),
+        temperature=options.temperature,
+        margin=options.hinge_margin,
+        x=ctx.x,
     )
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from certtrain.lipschitz.layers import LipschitzLinear
 from certtrain.layers import GroupSort, Normalize
+from certtrain.lipschitz.layers import LipschitzLinear
 
 
 def lipschitz_stack(
@@ -38,8 +38,9 @@ def lipschitz_stack(
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         layer_kind = first_kind if (i == 0 and first_kind) else kind
         modules.append(
-            LipschitzLinear(fan_in, fan_out, kind=layer_kind, max_norm=per_layer, vectorwise=vectorwise, mode=mode,
-                            budget=budget)
+            LipschitzLinear(
+                fan_in, fan_out, kind=layer_kind, max_norm=per_layer, vectorwise=vectorwise, mode=mode, budget=budget
+            )
         )
         if i < depth - 1:
             modules.append(GroupSort(fan_out if group_size == "full" else group_size))
@@ -72,7 +73,8 @@ def lipschitz_mlp(
     sizes = [in_channels * in_size**2] + [width] * (depth - 1) + [num_classes]
     centre = Normalize(mean, [1.0] * len(mean))
     return nn.Sequential(
-        centre, nn.Flatten(),
+        centre,
+        nn.Flatten(),
         *lipschitz_stack(sizes, kind, lipschitz_const, group_size, mode=mode, vectorwise=vectorwise, budget=budget),
     )
 

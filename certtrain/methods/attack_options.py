@@ -22,8 +22,10 @@ class AttackMethodConfig(MethodConfig):
 
 def check_attack(cfg) -> None:
     if cfg.method.attack_steps < 1:
-        raise ConfigError(f"method.attack_steps={cfg.method.attack_steps}: method={cfg.method.name} trains on an "
-                          "attack point and needs at least one step, use method.attack_steps >= 1 (8 is usual)")
+        raise ConfigError(
+            f"method.attack_steps={cfg.method.attack_steps}: method={cfg.method.name} trains on an "
+            "attack point and needs at least one step, use method.attack_steps >= 1 (8 is usual)"
+        )
     if cfg.method.l1 < 0:
         raise ConfigError(f"method.l1={cfg.method.l1} must be >= 0 (0 switches the l1 penalty off)")
 

@@ -46,11 +46,23 @@ def crown_ibp_loss(ctx: RobustContext):
 
 IBP = register(Method("ibp", IBPConfig, ibp_loss, "CE(-m_IBP(x, eps_t), y)", radii="local"))
 GM_IBP = register(Method("gm_ibp", GMIBPConfig, ibp_loss, "sum_i c_i CE(-m_IBP(x, r_i), y)", radii="global"))
-CROWN_IBP = register(Method(
-    "crown_ibp", CrownIBPConfig, crown_ibp_loss,
-    "CE(-(beta m_CROWN-IBP + (1 - beta) m_IBP), y); the CROWN pass is skipped at beta = 0", radii="local",
-    fusable=True,
-))
-GM_CROWN_IBP = register(Method(
-    "gm_crown_ibp", GMCrownIBPConfig, crown_ibp_loss, "the GM loss over CROWN-IBP margins", radii="global", fusable=True,
-))
+CROWN_IBP = register(
+    Method(
+        "crown_ibp",
+        CrownIBPConfig,
+        crown_ibp_loss,
+        "CE(-(beta m_CROWN-IBP + (1 - beta) m_IBP), y); the CROWN pass is skipped at beta = 0",
+        radii="local",
+        fusable=True,
+    )
+)
+GM_CROWN_IBP = register(
+    Method(
+        "gm_crown_ibp",
+        GMCrownIBPConfig,
+        crown_ibp_loss,
+        "the GM loss over CROWN-IBP margins",
+        radii="global",
+        fusable=True,
+    )
+)

@@ -88,14 +88,31 @@ def check(cfg) -> None:
     if not 0.0 <= cfg.method.alpha <= 1.0:
         raise ConfigError(f"method.alpha={cfg.method.alpha} must lie in [0, 1] (1: IBP, 0: adversarial training)")
     if cfg.method.attack_eps_factor <= 0:
-        raise ConfigError(f"method.attack_eps_factor={cfg.method.attack_eps_factor} must be positive "
-                          "(the attack's radius as a factor of eps_t; 1 is usual)")
+        raise ConfigError(
+            f"method.attack_eps_factor={cfg.method.attack_eps_factor} must be positive "
+            "(the attack's radius as a factor of eps_t; 1 is usual)"
+        )
 
 
 _COMMON = dict(check=check, penalty=l1_penalty, final_certifiers=("crown-ibp",))
-MTL_IBP = register(Method("mtl_ibp", ExpressiveConfig, expressive_loss,
-                          "alpha L_IBP + (1 - alpha) CE(f(x_adv), y) (De Palma et al. 2024)", **_COMMON))
-CC_IBP = register(Method("cc_ibp", CCIBPConfig, expressive_loss,
-                         "CE(-(alpha m_IBP + (1 - alpha) m(x_adv)), y) (De Palma et al. 2024)", **_COMMON))
-EXP_IBP = register(Method("exp_ibp", ExpIBPConfig, expressive_loss,
-                          "L_IBP^alpha L_adv^(1 - alpha) (De Palma et al. 2024)", **_COMMON))
+MTL_IBP = register(
+    Method(
+        "mtl_ibp",
+        ExpressiveConfig,
+        expressive_loss,
+        "alpha L_IBP + (1 - alpha) CE(f(x_adv), y) (De Palma et al. 2024)",
+        **_COMMON,
+    )
+)
+CC_IBP = register(
+    Method(
+        "cc_ibp",
+        CCIBPConfig,
+        expressive_loss,
+        "CE(-(alpha m_IBP + (1 - alpha) m(x_adv)), y) (De Palma et al. 2024)",
+        **_COMMON,
+    )
+)
+EXP_IBP = register(
+    Method("exp_ibp", ExpIBPConfig, expressive_loss, "L_IBP^alpha L_adv^(1 - alpha) (De Palma et al. 2024)", **_COMMON)
+)

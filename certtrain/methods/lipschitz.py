@@ -33,8 +33,15 @@ def check(cfg) -> None:
         raise ConfigError(f"method.temperature={cfg.method.temperature} must be positive")
 
 
-LIPSCHITZ = register(Method(
-    "lipschitz", LipschitzConfig, lipschitz_method.robust_loss,
-    "CE(-T m_Lip(x, eps_t), y) / T, or a hinge on m_Lip, from the network's Lipschitz bound",
-    models=tuple(LIPSCHITZ_ARCHITECTURES), certifiers=(lipschitz_method.CERTIFIER_NAME,), radii="local", check=check,
-))
+LIPSCHITZ = register(
+    Method(
+        "lipschitz",
+        LipschitzConfig,
+        lipschitz_method.robust_loss,
+        "CE(-T m_Lip(x, eps_t), y) / T, or a hinge on m_Lip, from the network's Lipschitz bound",
+        models=tuple(LIPSCHITZ_ARCHITECTURES),
+        certifiers=(lipschitz_method.CERTIFIER_NAME,),
+        radii="local",
+        check=check,
+    )
+)

@@ -51,11 +51,20 @@ def sabr_loss(ctx: RobustContext) -> torch.Tensor:
 def check(cfg) -> None:
     check_attack(cfg)
     if not 0.0 < cfg.method.small_box <= 1.0:
-        raise ConfigError(f"method.small_box={cfg.method.small_box}: lambda, the small box's share of the radius, "
-                          "must lie in (0, 1] (1 is IBP; SABR's values are 0.1-0.7)")
+        raise ConfigError(
+            f"method.small_box={cfg.method.small_box}: lambda, the small box's share of the radius, "
+            "must lie in (0, 1] (1 is IBP; SABR's values are 0.1-0.7)"
+        )
 
 
-SABR = register(Method(
-    "sabr", SabrConfig, sabr_loss, "IBP over a box of radius lambda eps_t at a PGD point (Mueller et al. 2023)",
-    check=check, penalty=l1_penalty, final_certifiers=("crown-ibp",),
-))
+SABR = register(
+    Method(
+        "sabr",
+        SabrConfig,
+        sabr_loss,
+        "IBP over a box of radius lambda eps_t at a PGD point (Mueller et al. 2023)",
+        check=check,
+        penalty=l1_penalty,
+        final_certifiers=("crown-ibp",),
+    )
+)

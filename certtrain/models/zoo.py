@@ -64,9 +64,7 @@ def dm_small(in_channels=1, in_size=28, num_classes=10, mean=(0.0,), std=(1.0,))
 
 def dm_medium(in_channels=1, in_size=28, num_classes=10, mean=(0.0,), std=(1.0,)):
     """DeepMind IBP medium: conv32 3x3, conv32 4x4/2, conv64 3x3, conv64 4x4/2, fc512, fc512."""
-    convs, channels, size = _convs(
-        in_channels, in_size, [(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)]
-    )
+    convs, channels, size = _convs(in_channels, in_size, [(32, 3, 1, 1), (32, 4, 2, 1), (64, 3, 1, 1), (64, 4, 2, 1)])
     return nn.Sequential(Normalize(mean, std), *convs, *_head(channels * size**2, [512, 512], num_classes))
 
 
@@ -86,9 +84,7 @@ def cnn7(in_channels=1, in_size=28, num_classes=10, mean=(0.0,), std=(1.0,)):
         [(64, 3, 1, 1), (64, 3, 1, 1), (128, 3, 2, 1), (128, 3, 1, 1), (128, 3, 1, 1)],
         batch_norm=True,
     )
-    model = nn.Sequential(
-        Normalize(mean, std), *convs, *_head(channels * size**2, [512], num_classes, batch_norm=True)
-    )
+    model = nn.Sequential(Normalize(mean, std), *convs, *_head(channels * size**2, [512], num_classes, batch_norm=True))
     ibp_init_(model)
     return model
 
@@ -105,8 +101,7 @@ def wk17a(in_channels=1, in_size=28, num_classes=10, mean=None, std=None):
 def rsl18a(in_channels=1, in_size=28, num_classes=10, mean=None, std=None):
     """Raghunathan et al. (2018) MNIST network ("RSL18a" in Tjeng et al.), one hidden layer of 500
     ReLUs; raw [0, 1] inputs. Layer indices match ../shared/models/rsl18a_linf0.1.pth."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * in_size**2, 500), nn.ReLU(),
-                         nn.Linear(500, num_classes))
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * in_size**2, 500), nn.ReLU(), nn.Linear(500, num_classes))
 
 
 def ibp_init_(model: nn.Module) -> None:

@@ -1,8 +1,8 @@
 """Exact verification of ReLU networks by mixed-integer programming on HiGHS (after MIPVerify.jl).
 
-    from certtrain.verify import VerifyOptions, verify
-    r = verify(model, x, y, VerifyOptions(eps=0.1, objective="robustness", time_limit=120))
-    r.status  # robust | adversarial | misclassified | timeout | unresolved
+from certtrain.verify import VerifyOptions, verify
+r = verify(model, x, y, VerifyOptions(eps=0.1, objective="robustness", time_limit=120))
+r.status  # robust | adversarial | misclassified | timeout | unresolved
 """
 
 from certtrain.verify.api import OBJECTIVES, verify

@@ -45,11 +45,20 @@ def _pgd_witness(model, x, label, domain, net, steps, restarts):
     radius = domain.eps if domain.name == "linf" else 1.0
     generator = torch.Generator().manual_seed(0)
     with torch.enable_grad():
-        x_adv, found = pgd_attack(model, x.to(model_dtype(model)), torch.tensor([label]), radius, steps=steps, restarts=restarts,
-                                  generator=generator)
+        x_adv, found = pgd_attack(
+            model,
+            x.to(model_dtype(model)),
+            torch.tensor([label]),
+            radius,
+            steps=steps,
+            restarts=restarts,
+            generator=generator,
+        )
     if not bool(found[0]):
         return None
-    candidate = representable(domain, np.clip(x_adv.double().reshape(-1).numpy(), domain.box_lower, domain.box_upper), x)
+    candidate = representable(
+        domain, np.clip(x_adv.double().reshape(-1).numpy(), domain.box_lower, domain.box_upper), x
+    )
     return candidate if is_adversarial(net, domain, candidate, label) else None
 
 
@@ -61,12 +70,21 @@ def verify(model: nn.Module, x: torch.Tensor, y, options: VerifyOptions | None =
     if options is None:
         options = VerifyOptions()
     if not isinstance(options, VerifyOptions):
-        raise TypeError(f"options must be a VerifyOptions, got {type(options).__name__}: verify(model, x, y, "
-                        "VerifyOptions(eps=0.1, ...))")
-    settings = dict(objective=options.objective, tightening=options.tightening, norm=options.norm,
-                    pgd_steps=options.pgd_steps, pgd_restarts=options.pgd_restarts,
-                    tightening_time_limit=options.tightening_time_limit, solver=options.solver,
-                    deadline=start + float(options.time_limit), crown_dtype=options.crown_dtype)
+        raise TypeError(
+            f"options must be a VerifyOptions, got {type(options).__name__}: verify(model, x, y, "
+            "VerifyOptions(eps=0.1, ...))"
+        )
+    settings = dict(
+        objective=options.objective,
+        tightening=options.tightening,
+        norm=options.norm,
+        pgd_steps=options.pgd_steps,
+        pgd_restarts=options.pgd_restarts,
+        tightening_time_limit=options.tightening_time_limit,
+        solver=options.solver,
+        deadline=start + float(options.time_limit),
+        crown_dtype=options.crown_dtype,
+    )
     was_training = model.training
     model.eval()
     try:
@@ -87,16 +105,41 @@ def _run(model, x, label, targets, domain, **options) -> VerificationResult:
     classes = _classes(len(logits), label, targets)
     predicted = int(np.argmax(logits))
     if predicted != label:
-        return VerificationResult("misclassified", x.detach().clone(), 0.0, 0.0, predicted=predicted,
-                                  resolved_by="clean", witness_verified=True)
+        return VerificationResult(
+            "misclassified",
+            x.detach().clone(),
+            0.0,
+            0.0,
+            predicted=predicted,
+            resolved_by="clean",
+            witness_verified=True,
+        )
     steps = network_steps(model, domain.shape)
     result = _decide(model, x, label, classes, targets is not None, domain, net, steps, **options)
     result.predicted = predicted
     return result
 
 
-def _decide(model, x, label, classes, targeted, domain, net, steps, *, objective, tightening, norm, pgd_steps,
-            pgd_restarts, tightening_time_limit, solver, deadline, crown_dtype) -> VerificationResult:
+def _decide(
+    model,
+    x,
+    label,
+    classes,
+    targeted,
+    domain,
+    net,
+    steps,
+    *,
+    objective,
+    tightening,
+    norm,
+    pgd_steps,
+    pgd_restarts,
+    tightening_time_limit,
+    solver,
+    deadline,
+    crown_dtype,
+) -> VerificationResult:
     depth = LEVELS.index(tightening)
     bounds = engine_bounds(steps, domain.box_lower, domain.box_upper, "ibp")
     stats = {"unstable_ibp": count_unstable(steps, bounds), "pgd_found": False}
@@ -106,8 +149,7 @@ def _decide(model, x, label, classes, targeted, domain, net, steps, *, objective
         bounds = intersect(bounds, crown)
     stats["unstable_crown"] = count_unstable(steps, bounds)
     solve_start = time.perf_counter()
-    build = dict(domain=domain, bounds=bounds, options=solver, time_per_solve=tightening_time_limit,
-                 deadline=deadline)
+    build = dict(domain=domain, bounds=bounds, options=solver, time_per_solve=tightening_time_limit, deadline=deadline)
     if objective == "robustness":
         form = build_formulation(steps, level=LEVELS[min(depth, 1)], **build)
         stats["unstable_final"] = form.binaries
@@ -116,20 +158,32 @@ def _decide(model, x, label, classes, targeted, domain, net, steps, *, objective
             found = _pgd_witness(model, x, label, domain, net, pgd_steps, pgd_restarts)
             if found is not None:
                 stats["pgd_found"] = True
-                return VerificationResult("adversarial", as_tensor(found, domain.shape, domain, x), resolved_by="pgd",
-                                          witness_verified=True, stats=stats,
-                                          solve_seconds=time.perf_counter() - solve_start)
+                return VerificationResult(
+                    "adversarial",
+                    as_tensor(found, domain.shape, domain, x),
+                    resolved_by="pgd",
+                    witness_verified=True,
+                    stats=stats,
+                    solve_seconds=time.perf_counter() - solve_start,
+                )
         if outcome.status == "open":
             form = build_formulation(steps, level=tightening, **build)
             outcome = robustness(form, net, domain, label, classes, targeted, deadline, x)
     else:
         form = build_formulation(steps, level=tightening, **build)
         outcome = min_distortion(form, net, domain, label, classes, targeted, norm, deadline, x)
-    stats.update(unstable_final=form.binaries, tightening_solves=form.tightening_solves,
-                 unstable_per_layer=form.unstable_per_layer)
+    stats.update(
+        unstable_final=form.binaries,
+        tightening_solves=form.tightening_solves,
+        unstable_per_layer=form.unstable_per_layer,
+    )
     result = VerificationResult(
-        outcome.status, resolved_by=outcome.resolved_by, distortion=outcome.distortion, bound=outcome.bound,
-        solve_seconds=time.perf_counter() - solve_start, stats=stats,
+        outcome.status,
+        resolved_by=outcome.resolved_by,
+        distortion=outcome.distortion,
+        bound=outcome.bound,
+        solve_seconds=time.perf_counter() - solve_start,
+        stats=stats,
     )
     if outcome.witness is not None:
         result.adversarial = as_tensor(outcome.witness, domain.shape, domain, x)

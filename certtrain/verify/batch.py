@@ -32,9 +32,24 @@ from certtrain.verify.summary import write_summary
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "index", "label", "predicted", "status", "distortion", "bound", "solve_seconds", "total_seconds",
-    "cpu_seconds",    "witness_verified", "tightening", "resolved_by", "pgd_adversarial", "ibp_verified", "crown_verified",
-    "unstable_ibp", "unstable_crown", "binaries",
+    "index",
+    "label",
+    "predicted",
+    "status",
+    "distortion",
+    "bound",
+    "solve_seconds",
+    "total_seconds",
+    "cpu_seconds",
+    "witness_verified",
+    "tightening",
+    "resolved_by",
+    "pgd_adversarial",
+    "ibp_verified",
+    "crown_verified",
+    "unstable_ibp",
+    "unstable_crown",
+    "binaries",
 ]
 RERUN = ("never", "always", "timeouts", "unresolved")
 # Settings that may change between a run and its resumption (they do not change a decided answer).
@@ -110,16 +125,25 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def make_row(index: int, label: int, result: VerificationResult, tightening: str, references: dict,
-             columns: list[str] = COLUMNS) -> dict:
+def make_row(
+    index: int, label: int, result: VerificationResult, tightening: str, references: dict, columns: list[str] = COLUMNS
+) -> dict:
     stats = result.stats
     row = {
-        "index": index, "label": label, "predicted": result.predicted, "status": result.status,
-        "distortion": result.distortion, "bound": result.bound, "solve_seconds": round(result.solve_seconds, 4),
-        "total_seconds": round(result.seconds, 4), "cpu_seconds": round(result.cpu_seconds, 4),
+        "index": index,
+        "label": label,
+        "predicted": result.predicted,
+        "status": result.status,
+        "distortion": result.distortion,
+        "bound": result.bound,
+        "solve_seconds": round(result.solve_seconds, 4),
+        "total_seconds": round(result.seconds, 4),
+        "cpu_seconds": round(result.cpu_seconds, 4),
         "witness_verified": result.witness_verified,
-        "tightening": tightening, "resolved_by": result.resolved_by,
-        "unstable_ibp": stats.get("unstable_ibp"), "unstable_crown": stats.get("unstable_crown"),
+        "tightening": tightening,
+        "resolved_by": result.resolved_by,
+        "unstable_ibp": stats.get("unstable_ibp"),
+        "unstable_crown": stats.get("unstable_crown"),
         "binaries": stats.get("unstable_final"),
     }
     row.update(references)
@@ -136,13 +160,30 @@ def references(model, x, label, result, options: VerifyOptions, pgd_steps, pgd_r
         log.error("sample verified robust but PGD found an adversarial input: please report this")
     if result.status == "adversarial" or pgd:
         return {"pgd_adversarial": pgd, "ibp_verified": False, "crown_verified": False}
-    return {"pgd_adversarial": pgd, "ibp_verified": bound_verified(model, domain, label, "ibp"),
-            "crown_verified": bound_verified(model, domain, label, "crown")}
+    return {
+        "pgd_adversarial": pgd,
+        "ibp_verified": bound_verified(model, domain, label, "ibp"),
+        "crown_verified": bound_verified(model, domain, label, "crown"),
+    }
 
 
-def run_batch(model, images: torch.Tensor, labels: torch.Tensor, indices: range, out: Path, *, settings: dict,
-              options: VerifyOptions, rerun: str = "never", pgd_steps: int = 50, pgd_restarts: int = 3,
-              verify_fn=verify, reference_fn=references, columns: list[str] = COLUMNS, summarize_fn=None) -> dict:
+def run_batch(
+    model,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: range,
+    out: Path,
+    *,
+    settings: dict,
+    options: VerifyOptions,
+    rerun: str = "never",
+    pgd_steps: int = 50,
+    pgd_restarts: int = 3,
+    verify_fn=verify,
+    reference_fn=references,
+    columns: list[str] = COLUMNS,
+    summarize_fn=None,
+) -> dict:
     """Verify images[indices]; append each row to out/samples.csv; write the summary; return it.
 
     reference_fn(model, x, label, result, options, pgd_steps, pgd_restarts) -> dict gives the
@@ -191,4 +232,3 @@ def run_batch(model, images: torch.Tensor, labels: torch.Tensor, indices: range,
             bar.set_postfix(resolved=f"{resolved}/{len(times)}", mean_s=f"{sum(times) / len(times):.2f}")
     done = [rows[i] for i in indices if i in rows]
     return (summarize_fn or write_summary)(done, out, settings)
-

@@ -105,8 +105,13 @@ class Milp:
         if matrix.shape[0]:
             matrix.sort_indices()
             self.highs.addRows(
-                matrix.shape[0], np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64),
-                matrix.nnz, matrix.indptr.astype(np.int32), matrix.indices.astype(np.int32), matrix.data,
+                matrix.shape[0],
+                np.asarray(lower, dtype=np.float64),
+                np.asarray(upper, dtype=np.float64),
+                matrix.nnz,
+                matrix.indptr.astype(np.int32),
+                matrix.indices.astype(np.int32),
+                matrix.data,
             )
         return np.arange(first, first + matrix.shape[0])
 
@@ -114,14 +119,17 @@ class Milp:
         """Interval of A z + c over the column bounds (exact for the first affine layer of a box)."""
         expr = widen(expr, self.num_cols)
         pos, neg = expr.maximum(0), expr.minimum(0)
-        return (const + pos @ self.col_lower + neg @ self.col_upper, const + pos @ self.col_upper + neg @ self.col_lower)
+        return (
+            const + pos @ self.col_lower + neg @ self.col_upper,
+            const + pos @ self.col_upper + neg @ self.col_lower,
+        )
 
     def relu(self, expr, const, lower, upper):
         """Encode ReLU of every row of (expr, const) given its bounds; returns the output expression."""
         expr = widen(expr, self.num_cols)
         active = lower >= 0
         unstable = np.flatnonzero((lower < 0) & (upper > 0))
-        k, n0 = len(unstable), self.num_cols
+        k = len(unstable)
         y_cols = self.add_cols(np.zeros(k), upper[unstable])
         a_cols = self.add_cols(np.zeros(k), np.ones(k))
         self.binaries = np.concatenate([self.binaries, a_cols])
@@ -130,10 +138,10 @@ class Milp:
             eye_y = sp.csr_matrix((np.ones(k), (np.arange(k), y_cols)), shape=(k, self.num_cols))
             diag_a = lambda values: sp.csr_matrix((values, (np.arange(k), a_cols)), shape=(k, self.num_cols))
             c = const[unstable]
-            l, u = lower[unstable], upper[unstable]
-            rows = sp.vstack([eye_y - pre, eye_y - pre + diag_a(-l), eye_y + diag_a(-u)], format="csr")
+            low, up = lower[unstable], upper[unstable]
+            rows = sp.vstack([eye_y - pre, eye_y - pre + diag_a(-low), eye_y + diag_a(-up)], format="csr")
             row_lower = np.concatenate([c, np.full(k, -INF), np.full(k, -INF)])
-            row_upper = np.concatenate([np.full(k, INF), c - l, np.zeros(k)])
+            row_upper = np.concatenate([np.full(k, INF), c - low, np.zeros(k)])
             self.add_rows(rows, row_lower, row_upper)
         out = sp.csr_matrix(sp.diags(active.astype(np.float64)) @ widen(expr, self.num_cols))
         out = out + sp.csr_matrix((np.ones(k), (unstable, y_cols)), shape=out.shape)
@@ -157,7 +165,9 @@ class Milp:
             self.binaries = np.concatenate([self.binaries, picks])
             n = self.num_cols
             pre = widen(expr[alive], n)
-            eye_y = sp.csr_matrix((np.ones(len(alive)), (np.arange(len(alive)), np.full(len(alive), y))), shape=(len(alive), n))
+            eye_y = sp.csr_matrix(
+                (np.ones(len(alive)), (np.arange(len(alive)), np.full(len(alive), y))), shape=(len(alive), n)
+            )
             others_top = np.array([np.max(np.delete(upper[alive], i)) for i in range(len(alive))])
             big = others_top - lower[alive]
             pick = sp.csr_matrix((big, (np.arange(len(alive)), picks)), shape=(len(alive), n))
@@ -181,7 +191,9 @@ class Milp:
         if not self.num_binaries:
             return
         kind = highspy.HighsVarType.kInteger if integral else highspy.HighsVarType.kContinuous
-        self.highs.changeColsIntegrality(self.num_binaries, self.binaries.astype(np.int32), np.array([kind] * self.num_binaries))
+        self.highs.changeColsIntegrality(
+            self.num_binaries, self.binaries.astype(np.int32), np.array([kind] * self.num_binaries)
+        )
 
     def minimize(
         self, cost: sp.csr_matrix, offset: float, time_limit: float, cutoff: float = INF, first_solution: bool = False
@@ -190,7 +202,9 @@ class Milp:
         once its bound passes it); first_solution: stop a MIP at its first improving point."""
         cost = widen(sp.csr_matrix(cost), self.num_cols)
         if len(self.cost_cols):
-            self.highs.changeColsCost(len(self.cost_cols), self.cost_cols.astype(np.int32), np.zeros(len(self.cost_cols)))
+            self.highs.changeColsCost(
+                len(self.cost_cols), self.cost_cols.astype(np.int32), np.zeros(len(self.cost_cols))
+            )
         cols = cost.indices.astype(np.int32)
         self.highs.changeColsCost(len(cols), cols, cost.data.astype(np.float64))
         self.cost_cols = cols

@@ -39,14 +39,18 @@ CERTIFIERS = {
     "CROWN (plain)": ("crown_plain", lambda m, lo, up, c: lower_bounds(m, lo, up, c, method="crown")),
     "CROWN (tight)": ("crown_tight", tight_crown_lower),
     "alpha-CROWN": ("alpha_crown", lambda m, lo, up, c: lower_bounds(m, lo, up, c, method="alpha-crown")),
-    "alpha-CROWN (full)": ("alpha_crown_full",
-                           lambda m, lo, up, c: lower_bounds(m, lo, up, c, method="alpha-crown-full")),
+    "alpha-CROWN (full)": (
+        "alpha_crown_full",
+        lambda m, lo, up, c: lower_bounds(m, lo, up, c, method="alpha-crown-full"),
+    ),
 }
 # (weaker, tighter): the tighter certifies every sample the weaker does, by construction
 ORDER = (("IBP", "CROWN (tight)"), ("CROWN (tight)", "alpha-CROWN"), ("CROWN (tight)", "alpha-CROWN (full)"))
-LADDER_COLUMNS = COLUMNS + ["pgd_seconds"] + [
-    f"{stem}_{kind}" for stem, _ in CERTIFIERS.values() for kind in ("verified", "seconds")
-]
+LADDER_COLUMNS = (
+    COLUMNS
+    + ["pgd_seconds"]
+    + [f"{stem}_{kind}" for stem, _ in CERTIFIERS.values() for kind in ("verified", "seconds")]
+)
 
 
 class LadderViolation(RuntimeError):
@@ -108,23 +112,40 @@ def summarize_ladder(rows: list[dict], settings: dict) -> dict:
     exact_lower = sum(s in ("adversarial", "misclassified") for s in status)
     rungs = [
         {"rung": "clean error", "error_pct": 100 * status.count("misclassified") / n, "seconds": None},
-        {"rung": "PGD error", "error_pct": 100 * sum(_flag(r, "pgd_adversarial") for r in rows) / n,
-         "seconds": seconds("pgd_seconds")},
+        {
+            "rung": "PGD error",
+            "error_pct": 100 * sum(_flag(r, "pgd_adversarial") for r in rows) / n,
+            "seconds": seconds("pgd_seconds"),
+        },
         {"rung": "exact (MILP), lower", "error_pct": 100 * exact_lower / n, "seconds": seconds("total_seconds")},
-        {"rung": "exact (MILP), upper", "error_pct": 100 * (len(rows) - status.count("robust")) / n,
-         "seconds": seconds("total_seconds")},
+        {
+            "rung": "exact (MILP), upper",
+            "error_pct": 100 * (len(rows) - status.count("robust")) / n,
+            "seconds": seconds("total_seconds"),
+        },
     ]
     for name in ("alpha-CROWN (full)", "alpha-CROWN", "CROWN (tight)", "CROWN (plain)", "CROWN-IBP", "IBP"):
         stem = CERTIFIERS[name][0]
-        rungs.append({"rung": f"{name} verified error",
-                      "error_pct": 100 * (len(rows) - sum(_flag(r, stem + "_verified") for r in rows)) / n,
-                      "seconds": seconds(stem + "_seconds")})
+        rungs.append(
+            {
+                "rung": f"{name} verified error",
+                "error_pct": 100 * (len(rows) - sum(_flag(r, stem + "_verified") for r in rows)) / n,
+                "seconds": seconds(stem + "_seconds"),
+            }
+        )
     return {
-        "samples": len(rows), "first": rows[0]["index"] if rows else None, "last": rows[-1]["index"] if rows else None,
-        "eps": settings.get("eps"), "model": settings.get("model"), "run": settings.get("run"),
-        "exact_counts": {s: status.count(s) for s in ("robust", "adversarial", "misclassified", "timeout",
-                                                      "unresolved")},
-        "rungs": rungs, "violations": violations(rows), "settings": settings,
+        "samples": len(rows),
+        "first": rows[0]["index"] if rows else None,
+        "last": rows[-1]["index"] if rows else None,
+        "eps": settings.get("eps"),
+        "model": settings.get("model"),
+        "run": settings.get("run"),
+        "exact_counts": {
+            s: status.count(s) for s in ("robust", "adversarial", "misclassified", "timeout", "unresolved")
+        },
+        "rungs": rungs,
+        "violations": violations(rows),
+        "settings": settings,
     }
 
 
@@ -164,7 +185,9 @@ def write_ladder(rows: list[dict], out: Path, settings: dict) -> dict:
     atomic_write_text(Path(out) / "ladder.json", json.dumps(ladder, indent=2, default=str) + "\n")
     atomic_write_text(Path(out) / "ladder.md", render_ladder(ladder))
     if ladder["violations"]:
-        raise LadderViolation(f"{len(ladder['violations'])} break(s) of the ladder, see {Path(out) / 'ladder.md'}: "
-                              f"{ladder['violations'][0]}; please report this")
+        raise LadderViolation(
+            f"{len(ladder['violations'])} break(s) of the ladder, see {Path(out) / 'ladder.md'}: "
+            f"{ladder['violations'][0]}; please report this"
+        )
     summary["ladder"] = ladder
     return summary

@@ -50,7 +50,9 @@ def load_network(model: str, weights: str | None, dataset: str = "mnist") -> nn.
         return network.eval()
     state, arch = _state_dict(Path(weights))
     if arch.get("model") not in (None, model):
-        raise WeightsError(f"{weights} is a checkpoint of model={arch['model']}, not {model}; pass model={arch['model']}")
+        raise WeightsError(
+            f"{weights} is a checkpoint of model={arch['model']}, not {model}; pass model={arch['model']}"
+        )
     try:
         network.load_state_dict(state)
     except RuntimeError as err:

@@ -53,7 +53,9 @@ def _target_rows(form: Formulation, label: int, target: int | None):
 
 def _release(form: Formulation, rows) -> None:
     if rows is not None and len(rows):
-        form.milp.highs.changeRowsBounds(len(rows), rows.astype(np.int32), np.full(len(rows), -INF), np.full(len(rows), INF))
+        form.milp.highs.changeRowsBounds(
+            len(rows), rows.astype(np.int32), np.full(len(rows), -INF), np.full(len(rows), INF)
+        )
 
 
 def robustness(form, net, domain, label, classes, targeted, deadline, like, exact=True) -> Outcome:
@@ -123,13 +125,19 @@ def _distortion_columns(form: Formulation, domain: InputDomain, norm: str):
         (t,) = milp.add_cols([0.0], [1.0])
         stacked = sp.hstack([widen(expr, t), sp.csr_matrix(np.ones((n, 1)))], format="csr")
         flipped = sp.hstack([widen(expr, t), sp.csr_matrix(-np.ones((n, 1)))], format="csr")
-        milp.add_rows(sp.vstack([stacked, flipped]), np.concatenate([domain.x - offset, np.full(n, -INF)]),
-                      np.concatenate([np.full(n, INF), domain.x - offset]))
+        milp.add_rows(
+            sp.vstack([stacked, flipped]),
+            np.concatenate([domain.x - offset, np.full(n, -INF)]),
+            np.concatenate([np.full(n, INF), domain.x - offset]),
+        )
         return sp.csr_matrix(([1.0], ([0], [t])), shape=(1, milp.num_cols))
     cols = milp.add_cols(np.zeros(n), np.ones(n))
     eye = sp.csr_matrix((np.ones(n), (np.arange(n), cols)), shape=(n, milp.num_cols))
-    milp.add_rows(sp.vstack([eye - widen(expr, milp.num_cols), eye + widen(expr, milp.num_cols)]),
-                  np.concatenate([offset - domain.x, domain.x - offset]), np.full(2 * n, INF))
+    milp.add_rows(
+        sp.vstack([eye - widen(expr, milp.num_cols), eye + widen(expr, milp.num_cols)]),
+        np.concatenate([offset - domain.x, domain.x - offset]),
+        np.full(2 * n, INF),
+    )
     return sp.csr_matrix((np.ones(n), (np.zeros(n, dtype=np.int64), cols)), shape=(1, milp.num_cols))
 
 

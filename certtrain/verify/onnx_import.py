@@ -84,8 +84,9 @@ class _Builder:
         values = values.reshape(-1)
         if op == "Add" and self.open_bias is not None:
             with torch.no_grad():
-                self.open_bias.bias += torch.as_tensor(np.broadcast_to(values, self.open_bias.bias.shape).copy(),
-                                                       dtype=torch.float32)
+                self.open_bias.bias += torch.as_tensor(
+                    np.broadcast_to(values, self.open_bias.bias.shape).copy(), dtype=torch.float32
+                )
             self.open_bias = None
             return
         scale = np.ones(1) if self.scale is None else self.scale
@@ -107,7 +108,9 @@ def _linear(weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=True)
     with torch.no_grad():
         layer.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
-        layer.bias.copy_(torch.zeros(weight.shape[0]) if bias is None else torch.as_tensor(np.array(bias), dtype=torch.float32))
+        layer.bias.copy_(
+            torch.zeros(weight.shape[0]) if bias is None else torch.as_tensor(np.array(bias), dtype=torch.float32)
+        )
     return layer
 
 
@@ -127,9 +130,15 @@ def _data_node(builder: _Builder, node, consts: dict, data: list[str]):
         weight = consts[node.input[1]]
         if weight.ndim != 4:
             raise UnsupportedOnnxError(f"{_name(node)}: only 2-d convolutions are supported")
-        conv = nn.Conv2d(weight.shape[1] * attrs.get("group", 1), weight.shape[0], tuple(weight.shape[2:]),
-                         stride=tuple(attrs.get("strides", [1, 1])), padding=_symmetric_pads(node, attrs.get("pads")),
-                         dilation=tuple(attrs.get("dilations", [1, 1])), groups=attrs.get("group", 1))
+        conv = nn.Conv2d(
+            weight.shape[1] * attrs.get("group", 1),
+            weight.shape[0],
+            tuple(weight.shape[2:]),
+            stride=tuple(attrs.get("strides", [1, 1])),
+            padding=_symmetric_pads(node, attrs.get("pads")),
+            dilation=tuple(attrs.get("dilations", [1, 1])),
+            groups=attrs.get("group", 1),
+        )
         with torch.no_grad():
             conv.weight.copy_(torch.as_tensor(weight, dtype=torch.float32))
             bias = consts[node.input[2]] if len(node.input) > 2 and node.input[2] else np.zeros(weight.shape[0])
@@ -141,9 +150,14 @@ def _data_node(builder: _Builder, node, consts: dict, data: list[str]):
         if attrs.get("ceil_mode", 0) or len(node.output) > 1:
             raise UnsupportedOnnxError(f"{_name(node)}: ceil_mode and index outputs are not supported")
         kernel = tuple(attrs["kernel_shape"])
-        builder.add(nn.MaxPool2d(kernel, stride=tuple(attrs.get("strides", kernel)),
-                                 padding=_symmetric_pads(node, attrs.get("pads")),
-                                 dilation=tuple(attrs.get("dilations", [1, 1]))))
+        builder.add(
+            nn.MaxPool2d(
+                kernel,
+                stride=tuple(attrs.get("strides", kernel)),
+                padding=_symmetric_pads(node, attrs.get("pads")),
+                dilation=tuple(attrs.get("dilations", [1, 1])),
+            )
+        )
     elif op == "Flatten":
         if attrs.get("axis", 1) != 1:
             raise UnsupportedOnnxError(f"{_name(node)}: only Flatten(axis=1) is supported")

@@ -1,8 +1,8 @@
 """VerifyOptions: every setting of one verify() call, checked when it is made.
 
-    from certtrain.verify import VerifyOptions, verify
-    r = verify(model, x, y, VerifyOptions(eps=0.1, time_limit=60))
-    strict = dataclasses.replace(options, tightening="mip")
+from certtrain.verify import VerifyOptions, verify
+r = verify(model, x, y, VerifyOptions(eps=0.1, time_limit=60))
+strict = dataclasses.replace(options, tightening="mip")
 """
 
 from __future__ import annotations

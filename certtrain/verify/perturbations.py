@@ -95,9 +95,17 @@ def _flat(x: torch.Tensor) -> tuple[np.ndarray, tuple[int, ...]]:
 def _box_domain(name: str, x_flat: np.ndarray, shape, lower, upper, eps) -> InputDomain:
     n = len(x_flat)
     return InputDomain(
-        name=name, x=x_flat, shape=shape, var_lower=lower, var_upper=upper,
-        matrix=sp.identity(n, format="csr"), offset=np.zeros(n),
-        box_lower=lower, box_upper=upper, clean_vars=x_flat.copy(), eps=eps,
+        name=name,
+        x=x_flat,
+        shape=shape,
+        var_lower=lower,
+        var_upper=upper,
+        matrix=sp.identity(n, format="csr"),
+        offset=np.zeros(n),
+        box_lower=lower,
+        box_upper=upper,
+        clean_vars=x_flat.copy(),
+        eps=eps,
     )
 
 
@@ -150,9 +158,20 @@ def blur(x: torch.Tensor, kernel_size: int = 3, eps: float | None = None) -> Inp
     identity = np.zeros((channels, taps))
     identity[:, taps // 2] = 1.0
     return InputDomain(
-        name="blur", x=x_flat, shape=shape, var_lower=np.zeros(channels * taps), var_upper=np.ones(channels * taps),
-        matrix=matrix, offset=np.zeros(len(x_flat)), box_lower=box_lower, box_upper=box_upper,
-        clean_vars=identity.reshape(-1), eps=eps, rows=rows_m, row_lower=row_lower, row_upper=row_upper,
+        name="blur",
+        x=x_flat,
+        shape=shape,
+        var_lower=np.zeros(channels * taps),
+        var_upper=np.ones(channels * taps),
+        matrix=matrix,
+        offset=np.zeros(len(x_flat)),
+        box_lower=box_lower,
+        box_upper=box_upper,
+        clean_vars=identity.reshape(-1),
+        eps=eps,
+        rows=rows_m,
+        row_lower=row_lower,
+        row_upper=row_upper,
         kernel_size=kernel_size,
     )
 

@@ -35,6 +35,13 @@ def pgd_finds(model: nn.Module, x: torch.Tensor, label: int, domain: InputDomain
         return False
     radius = domain.eps if domain.name == "linf" else 1.0
     with torch.enable_grad():
-        _, found = pgd_attack(model, x.to(model_dtype(model)), torch.tensor([label]), radius, steps=steps, restarts=restarts,
-                              generator=torch.Generator().manual_seed(0))
+        _, found = pgd_attack(
+            model,
+            x.to(model_dtype(model)),
+            torch.tensor([label]),
+            radius,
+            steps=steps,
+            restarts=restarts,
+            generator=torch.Generator().manual_seed(0),
+        )
     return bool(found[0])

@@ -43,29 +43,42 @@ def read_run(folder: str | Path) -> TrainedRun:
     folder = Path(folder)
     checkpoint = folder / CHECKPOINT_NAME
     if not folder.is_dir():
-        raise RunFolderError(f"run={folder} is not a folder; pass a train.py run folder (outputs/<run> or "
-                             "multirun/<date>/<job>)")
+        raise RunFolderError(
+            f"run={folder} is not a folder; pass a train.py run folder (outputs/<run> or multirun/<date>/<job>)"
+        )
     if not checkpoint.is_file():
-        raise RunFolderError(f"run={folder} holds no {CHECKPOINT_NAME}; pass the folder train.py wrote for the run "
-                             "(it writes the checkpoint after every epoch), or weights=<file> with model= and dataset=")
+        raise RunFolderError(
+            f"run={folder} holds no {CHECKPOINT_NAME}; pass the folder train.py wrote for the run "
+            "(it writes the checkpoint after every epoch), or weights=<file> with model= and dataset="
+        )
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise RunFolderError(f"cannot read {checkpoint} ({type(err).__name__}); rerun or resume the training "
-                             "to write it again") from err
+        raise RunFolderError(
+            f"cannot read {checkpoint} ({type(err).__name__}); rerun or resume the training to write it again"
+        ) from err
     config = state.get("config") if isinstance(state, dict) else None
     if not config:
-        raise RunFolderError(f"{checkpoint} does not record its run's config (written before checkpoints did); "
-                             "pass weights=<checkpoint> with model= and dataset= instead of run=")
+        raise RunFolderError(
+            f"{checkpoint} does not record its run's config (written before checkpoints did); "
+            "pass weights=<checkpoint> with model= and dataset= instead of run="
+        )
     model = config["model"]["name"]
     if model not in ARCHITECTURES:
-        raise RunFolderError(f"{checkpoint} is a {model!r} network, which this certtrain does not know; verify it "
-                             f"with the certtrain that trained it, or export it to ONNX (model=onnx weights=...)")
+        raise RunFolderError(
+            f"{checkpoint} is a {model!r} network, which this certtrain does not know; verify it "
+            f"with the certtrain that trained it, or export it to ONNX (model=onnx weights=...)"
+        )
     eps = float(config["eps"])
     eps_train = float(config["eps_train"]) if config.get("eps_train") is not None else eps
     return TrainedRun(
-        folder=folder, checkpoint=checkpoint, model=model, stats=state.get("arch", {}).get("dataset", "mnist"),
-        dataset=config["dataset"]["name"], eps=eps, eps_train=eps_train,
+        folder=folder,
+        checkpoint=checkpoint,
+        model=model,
+        stats=state.get("arch", {}).get("dataset", "mnist"),
+        dataset=config["dataset"]["name"],
+        eps=eps,
+        eps_train=eps_train,
         weights_sha256=state.get("weights_sha256") or weights_hash(state["model"]),
     )
 
@@ -76,8 +89,14 @@ def quote_path_overrides(argv: list[str]) -> list[str]:
     quoted = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if (sep and key in PATH_KEYS and value and value[0] not in "'\""
-                and set(value) & _HYDRA_SYNTAX and not set(value) & set("'\\")):
+        if (
+            sep
+            and key in PATH_KEYS
+            and value
+            and value[0] not in "'\""
+            and set(value) & _HYDRA_SYNTAX
+            and not set(value) & set("'\\")
+        ):
             arg = f"{key}='{value}'"
         quoted.append(arg)
     return quoted

@@ -33,7 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -49,8 +51,10 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.eps is not None and not 0.0 <= cfg.eps <= 1.0:
         raise ValueError(f"eps={cfg.eps} lies outside [0, 1] (pixel units); pass e.g. eps=0.1")
     if cfg.eps is None and cfg.perturbation == "linf" and not cfg.run:
-        raise ValueError("perturbation=linf needs eps; pass eps=<radius>, run=<train.py run folder> (its eps) "
-                         "or perturbation=unrestricted")
+        raise ValueError(
+            "perturbation=linf needs eps; pass eps=<radius>, run=<train.py run folder> (its eps) "
+            "or perturbation=unrestricted"
+        )
     # objective, norm, perturbation, tightening and the time limits: VerifyOptions checks them
     for key, allowed in {"mode": MODES, "rerun": RERUN}.items():
         if cfg[key] not in allowed:
@@ -58,8 +62,10 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.mode == "ladder" and not cfg.references:
         raise ValueError("mode=ladder is made of reference certifiers: drop references=false, or use mode=verify")
     if cfg.mode == "ladder" and (cfg.objective != "robustness" or cfg.perturbation != "linf"):
-        raise ValueError("mode=ladder compares certificates of L-inf robustness: use objective=robustness "
-                         "perturbation=linf, or mode=verify")
+        raise ValueError(
+            "mode=ladder compares certificates of L-inf robustness: use objective=robustness "
+            "perturbation=linf, or mode=verify"
+        )
 
 
 def _explicit_overrides() -> set[str]:
@@ -79,15 +85,28 @@ def _network_source(cfg: DictConfig) -> tuple[str, str, str, str | None, float |
         return cfg.model.name, stats, dataset, cfg.weights, cfg.eps, None
     clash = _explicit_overrides() & {"model", "dataset", "weights"}
     if clash or cfg.weights:
-        raise RunFolderError(f"run={cfg.run} decides the network, so {sorted(clash) or ['weights']} must not be "
-                             "given too; drop them, or drop run= and pass model=, dataset= and weights=")
+        raise RunFolderError(
+            f"run={cfg.run} decides the network, so {sorted(clash) or ['weights']} must not be "
+            "given too; drop them, or drop run= and pass model=, dataset= and weights="
+        )
     trained = read_run(cfg.run)
     eps = trained.eps if cfg.eps is None else cfg.eps
     if eps > trained.eps_train:
-        log.warning("eps=%g is above the radius the run was trained at (eps_train=%g): verifying anyway, but "
-                    "expect few robust samples", eps, trained.eps_train)
-    log.info("run %s: %s on %s, eps %g (trained at %g), weights sha256 %s", trained.folder, trained.model,
-             trained.dataset, eps, trained.eps_train, trained.weights_sha256[:12])
+        log.warning(
+            "eps=%g is above the radius the run was trained at (eps_train=%g): verifying anyway, but "
+            "expect few robust samples",
+            eps,
+            trained.eps_train,
+        )
+    log.info(
+        "run %s: %s on %s, eps %g (trained at %g), weights sha256 %s",
+        trained.folder,
+        trained.model,
+        trained.dataset,
+        eps,
+        trained.eps_train,
+        trained.weights_sha256[:12],
+    )
     return trained.model, trained.stats, trained.dataset, str(trained.checkpoint), eps, str(trained.folder)
 
 
@@ -97,32 +116,66 @@ def run_from_config(cfg: DictConfig) -> dict:
     model_name, stats, dataset, weights, eps, run_folder = _network_source(cfg)
     targets = OmegaConf.to_object(cfg.targets) if cfg.targets else None
     options = VerifyOptions(  # checked here, before the network and the data are loaded
-        eps=eps, objective=cfg.objective, time_limit=cfg.time_limit, tightening=cfg.tightening,
-        perturbation=cfg.perturbation, norm=cfg.norm, targets=targets,
-        blur_kernel_size=cfg.blur_kernel_size, tightening_time_limit=cfg.tightening_time_limit,
+        eps=eps,
+        objective=cfg.objective,
+        time_limit=cfg.time_limit,
+        tightening=cfg.tightening,
+        perturbation=cfg.perturbation,
+        norm=cfg.norm,
+        targets=targets,
+        blur_kernel_size=cfg.blur_kernel_size,
+        tightening_time_limit=cfg.tightening_time_limit,
         solver=SolverOptions(threads=cfg.threads),
     )
     network = load_network(model_name, weights, stats)
     split = load_split(dataset, "test", cfg.data_dir)
     indices = parse_samples(cfg.samples, len(split))
     settings = {
-        "model": model_name, "weights": weights, "run": run_folder,
-        "weights_sha256": weights_hash(network.state_dict()), "dataset": dataset, "eps": eps,
-        "objective": cfg.objective, "norm": cfg.norm, "perturbation": cfg.perturbation,
-        "blur_kernel_size": cfg.blur_kernel_size, "targets": targets,
-        "mode": cfg.mode, "tightening": cfg.tightening, "time_limit": cfg.time_limit, "pgd_steps": cfg.pgd_steps,
-        "pgd_restarts": cfg.pgd_restarts, "references": cfg.references, "threads": cfg.threads, "highs": highspy.Highs().version(),
-        "command": "python verify.py " + " ".join(sys.argv[1:]), "commit": _commit(),
+        "model": model_name,
+        "weights": weights,
+        "run": run_folder,
+        "weights_sha256": weights_hash(network.state_dict()),
+        "dataset": dataset,
+        "eps": eps,
+        "objective": cfg.objective,
+        "norm": cfg.norm,
+        "perturbation": cfg.perturbation,
+        "blur_kernel_size": cfg.blur_kernel_size,
+        "targets": targets,
+        "mode": cfg.mode,
+        "tightening": cfg.tightening,
+        "time_limit": cfg.time_limit,
+        "pgd_steps": cfg.pgd_steps,
+        "pgd_restarts": cfg.pgd_restarts,
+        "references": cfg.references,
+        "threads": cfg.threads,
+        "highs": highspy.Highs().version(),
+        "command": "python verify.py " + " ".join(sys.argv[1:]),
+        "commit": _commit(),
         "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})",
     }
-    summary = run_batch(network, split.images, split.labels, indices, Path(cfg.out), settings=settings,
-                        options=options, rerun=cfg.rerun, pgd_steps=cfg.pgd_steps,
-                        pgd_restarts=cfg.pgd_restarts,
-                        **(MODES[cfg.mode] if cfg.references else {"reference_fn": no_references}))
+    summary = run_batch(
+        network,
+        split.images,
+        split.labels,
+        indices,
+        Path(cfg.out),
+        settings=settings,
+        options=options,
+        rerun=cfg.rerun,
+        pgd_steps=cfg.pgd_steps,
+        pgd_restarts=cfg.pgd_restarts,
+        **(MODES[cfg.mode] if cfg.references else {"reference_fn": no_references}),
+    )
     log.info(
         "%d samples: clean error %.2f%%, PGD error %.2f%%, exact adversarial error %.2f%% .. %.2f%%, "
         "mean %.2f s per sample; summary in %s",
-        summary["samples"], summary["clean_error_pct"], summary["pgd_error_pct"], summary["exact_error_lower_pct"],
-        summary["exact_error_upper_pct"], summary["seconds_mean"] or 0.0, Path(cfg.out) / "summary.md",
+        summary["samples"],
+        summary["clean_error_pct"],
+        summary["pgd_error_pct"],
+        summary["exact_error_lower_pct"],
+        summary["exact_error_upper_pct"],
+        summary["seconds_mean"] or 0.0,
+        Path(cfg.out) / "summary.md",
     )
     return summary

@@ -29,8 +29,11 @@ def summarize(rows: list[dict], settings: dict) -> dict:
     count = {s: status.count(s) for s in sorted(set(status))}
     seconds = _numbers(rows, "total_seconds")
     pct = lambda k: 100.0 * k / n if n else None
-    removed = [float(r["unstable_ibp"]) - float(r["binaries"]) for r in rows
-               if r.get("unstable_ibp") not in ("", None) and r.get("binaries") not in ("", None)]
+    removed = [
+        float(r["unstable_ibp"]) - float(r["binaries"])
+        for r in rows
+        if r.get("unstable_ibp") not in ("", None) and r.get("binaries") not in ("", None)
+    ]
     return {
         "samples": n,
         "first": int(rows[0]["index"]) if n else None,

@@ -36,8 +36,9 @@ def _padded(bound: torch.Tensor, direction: float) -> np.ndarray:
     return value + direction * FLOAT32_SLACK * (1.0 + np.abs(value))
 
 
-def engine_bounds(steps: list[Step], box_lower: np.ndarray, box_upper: np.ndarray, method: str,
-                  dtype: torch.dtype = torch.float64):
+def engine_bounds(
+    steps: list[Step], box_lower: np.ndarray, box_upper: np.ndarray, method: str, dtype: torch.dtype = torch.float64
+):
     """Flat float64 (lower, upper) of the input of every step, and of the output last.
 
     dtype=torch.float32 runs the engine in float32 (about twice as fast for CROWN on convolutions)
@@ -50,9 +51,10 @@ def engine_bounds(steps: list[Step], box_lower: np.ndarray, box_upper: np.ndarra
     with torch.no_grad():
         # The MILP intersects CROWN with interval bounds anyway: refining only the
         # interval-unstable neurons gives the same or tighter bounds at a fraction of the cost.
-        result = intermediate_bounds(nn.Sequential(*[s.layer for s in steps]), x_L, x_U, method=method,
-                                     only_unstable=method == "crown")
-    return [(_padded(l, -1.0), _padded(u, 1.0)) for l, u in result]
+        result = intermediate_bounds(
+            nn.Sequential(*[s.layer for s in steps]), x_L, x_U, method=method, only_unstable=method == "crown"
+        )
+    return [(_padded(low, -1.0), _padded(up, 1.0)) for low, up in result]
 
 
 def intersect(first, second):
