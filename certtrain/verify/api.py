@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from certtrain.attacks import pgd_attack
 from certtrain.precision import certifier
 from certtrain.verify.formulation import build_formulation
 from certtrain.verify.network import model_dtype, network_steps
 from certtrain.verify.objectives import min_distortion, robustness
 from certtrain.verify.options import OBJECTIVES, VerifyOptions
 from certtrain.verify.perturbations import make_domain
+from certtrain.verify.references import domain_pgd
 from certtrain.verify.result import FloatNetwork, VerificationResult, as_tensor, representable
 from certtrain.verify.tightening import LEVELS, count_unstable, engine_bounds, intersect
 from certtrain.verify.witness import is_adversarial
@@ -42,19 +42,8 @@ def _classes(num_classes: int, label: int, targets) -> list[int]:
 
 def _pgd_witness(model, x, label, domain, net, steps, restarts):
     """A PGD attack (float32, as the model runs) confirmed in float64, or None."""
-    radius = domain.eps if domain.name == "linf" else 1.0
-    generator = torch.Generator().manual_seed(0)
-    with torch.enable_grad():
-        x_adv, found = pgd_attack(
-            model,
-            x.to(model_dtype(model)),
-            torch.tensor([label]),
-            radius,
-            steps=steps,
-            restarts=restarts,
-            generator=generator,
-        )
-    if not bool(found[0]):
+    x_adv, found = domain_pgd(model, x, label, domain, steps, restarts)
+    if not found:
         return None
     candidate = representable(
         domain, np.clip(x_adv.double().reshape(-1).numpy(), domain.box_lower, domain.box_upper), x

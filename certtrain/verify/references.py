@@ -29,13 +29,14 @@ def bound_verified(model: nn.Module, domain: InputDomain, label: int, method: st
     return bool(certified(lower)[0])
 
 
-def pgd_finds(model: nn.Module, x: torch.Tensor, label: int, domain: InputDomain, steps: int, restarts: int) -> bool:
-    """PGD (float32, as the model runs) finds a misclassified input in the L-inf set."""
-    if not domain.is_box:
-        return False
+def domain_pgd(
+    model: nn.Module, x: torch.Tensor, label: int, domain: InputDomain, steps: int, restarts: int
+) -> tuple[torch.Tensor, bool]:
+    """PGD (in the model's dtype, seeded) over the domain's box: (best point, misclassified?).
+    An unrestricted domain is the whole pixel box, radius 1 around x clipped to [0, 1]."""
     radius = domain.eps if domain.name == "linf" else 1.0
     with torch.enable_grad():
-        _, found = pgd_attack(
+        x_adv, found = pgd_attack(
             model,
             x.to(model_dtype(model)),
             torch.tensor([label]),
@@ -44,4 +45,9 @@ def pgd_finds(model: nn.Module, x: torch.Tensor, label: int, domain: InputDomain
             restarts=restarts,
             generator=torch.Generator().manual_seed(0),
         )
-    return bool(found[0])
+    return x_adv, bool(found[0])
+
+
+def pgd_finds(model: nn.Module, x: torch.Tensor, label: int, domain: InputDomain, steps: int, restarts: int) -> bool:
+    """PGD (float32, as the model runs) finds a misclassified input in the L-inf set."""
+    return domain.is_box and domain_pgd(model, x, label, domain, steps, restarts)[1]
