@@ -65,7 +65,7 @@ def check_run_folder(run_dir: Path, grid=("0.05", "0.1")) -> dict:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["clean_err"] <= 1.0
     assert set(metrics["pgd_err"]) == set(grid)
-    assert set(metrics["verified_err"]) == {"ibp", "crown-ibp"}
+    assert set(metrics["verified_err"]) == {"ibp", "crown-ibp", "best"}  # best: the per-sample union
     for curve in metrics["verified_err"].values():
         for eps, err in curve.items():
             assert metrics["pgd_err"][eps] <= err  # PGD finds errors only where no certificate holds
