@@ -132,9 +132,7 @@ class TrainConfig:
 def structured_config(method: str = MethodConfig.name) -> Any:
     """The schema with every default, typed by the method's own config: what `python train.py
     method=<method>` composes with no other override."""
-    return OmegaConf.merge(
-        OmegaConf.structured(TrainConfig), {"method": OmegaConf.structured(get_method(method).config)}
-    )
+    return OmegaConf.merge(OmegaConf.structured(TrainConfig), {"method": get_method(method).schema()})
 
 
 def register_configs() -> None:
@@ -147,7 +145,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     for name, record in METHODS.items():
-        store.store(group="method", name=f"{name}_schema", node=record.config)
+        store.store(group="method", name=f"{name}_schema", node=record.schema())
     # A run without overrides gets the folder "defaults" instead of the bare parent folder.
     OmegaConf.register_new_resolver("run_name", run_folder_name, replace=True)
 

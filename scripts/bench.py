@@ -49,7 +49,7 @@ METHODS = tuple(VARIANTS)
 
 def _method_config(method: str, attack_steps: int | None):
     """The method's default config; the attack methods with --attack-steps when it is given."""
-    config = get_method(method).config()
+    config = get_method(method).defaults()
     if attack_steps is not None and hasattr(config, "attack_steps"):
         config.attack_steps = attack_steps
     return config

@@ -125,7 +125,7 @@ def test_every_robust_loss_and_its_gradient(method, estimator, fusion, stack, mo
             gm_estimator=estimator,
             loss_fusion=fusion,
             generator=torch.Generator().manual_seed(0),
-            method=get_method(method).config(),
+            method=get_method(method).defaults(),
         )
         loss, parts = training_loss(method, ctx, kappa=0.5)
         loss.backward()
@@ -149,11 +149,11 @@ def test_lipschitz_loss_on_the_device():
     model = build_model("lipschitz_mlp", "mnist")
     x, y = torch.rand(4, 1, 28, 28), torch.randint(0, 10, (4,))
     expected = get_method("lipschitz").loss(
-        RobustContext(model, x, y, 0.1, 0.0, method=get_method("lipschitz").config(temperature=1.0))
+        RobustContext(model, x, y, 0.1, 0.0, method=get_method("lipschitz").defaults(temperature=1.0))
     )
     d_model, d_x, d_y = on_device(model, x, y)
     got = get_method("lipschitz").loss(
-        RobustContext(d_model, d_x, d_y, 0.1, 0.0, method=get_method("lipschitz").config(temperature=1.0))
+        RobustContext(d_model, d_x, d_y, 0.1, 0.0, method=get_method("lipschitz").defaults(temperature=1.0))
     )
     same_as_cpu(got, expected.detach())
 

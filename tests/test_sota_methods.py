@@ -37,7 +37,7 @@ def batch(seed=1, size=5):
 
 
 def context(model, x, y, eps, method, n=1, **options):
-    config = get_method(method).config(**options)
+    config = get_method(method).defaults(**options)
     return RobustContext(model, x, y, eps, 0.0, gm_n=n, gm_weights="uniform", num_classes=CLASSES, method=config)
 
 

@@ -16,24 +16,8 @@ from certtrain.methods.record import Method, MethodConfig, register
 
 @dataclass
 class IBPConfig(MethodConfig):
-    name: str = "ibp"
     beta_start: float = 0.0
     beta_final: float = 0.0
-
-
-@dataclass
-class GMIBPConfig(IBPConfig):
-    name: str = "gm_ibp"
-
-
-@dataclass
-class CrownIBPConfig(MethodConfig):
-    name: str = "crown_ibp"
-
-
-@dataclass
-class GMCrownIBPConfig(CrownIBPConfig):
-    name: str = "gm_crown_ibp"
 
 
 def ibp_loss(ctx: RobustContext):
@@ -45,11 +29,11 @@ def crown_ibp_loss(ctx: RobustContext):
 
 
 IBP = register(Method("ibp", IBPConfig, ibp_loss, "CE(-m_IBP(x, eps_t), y)", radii="local"))
-GM_IBP = register(Method("gm_ibp", GMIBPConfig, ibp_loss, "sum_i c_i CE(-m_IBP(x, r_i), y)", radii="global"))
+GM_IBP = register(Method("gm_ibp", IBPConfig, ibp_loss, "sum_i c_i CE(-m_IBP(x, r_i), y)", radii="global"))
 CROWN_IBP = register(
     Method(
         "crown_ibp",
-        CrownIBPConfig,
+        MethodConfig,
         crown_ibp_loss,
         "CE(-(beta m_CROWN-IBP + (1 - beta) m_IBP), y); the CROWN pass is skipped at beta = 0",
         radii="local",
@@ -59,7 +43,7 @@ CROWN_IBP = register(
 GM_CROWN_IBP = register(
     Method(
         "gm_crown_ibp",
-        GMCrownIBPConfig,
+        MethodConfig,
         crown_ibp_loss,
         "the GM loss over CROWN-IBP margins",
         radii="global",

@@ -15,6 +15,7 @@ CC 0.1; MNIST 0.3: MTL 0.08, CC 0.3; CIFAR-10 2/255: MTL 0.004, CC 0.01, EXP 0.0
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,19 +33,8 @@ EXP_FLOOR = 1e-12
 
 @dataclass
 class ExpressiveConfig(AttackMethodConfig):
-    name: str = "mtl_ibp"
     alpha: float = 0.5  # weight of the IBP part (1: IBP)
     attack_eps_factor: float = 1.0  # the attack's radius as a factor of the training radius
-
-
-@dataclass
-class CCIBPConfig(ExpressiveConfig):
-    name: str = "cc_ibp"
-
-
-@dataclass
-class ExpIBPConfig(ExpressiveConfig):
-    name: str = "exp_ibp"
 
 
 def attack_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -53,34 +43,44 @@ def attack_margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return logits.gather(1, y[:, None]) - logits.gather(1, others)
 
 
-def combine(form: str, alpha: float, m_ibp: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The per-sample loss of one form from the IBP margins and the logits at the attack point."""
-    if form == "mtl_ibp":
-        return alpha * robust_cross_entropy(m_ibp, y) + (1 - alpha) * F.cross_entropy(logits_adv, y, reduction="none")
-    if form == "cc_ibp":
-        return robust_cross_entropy(alpha * m_ibp + (1 - alpha) * attack_margins(logits_adv, y), y)
-    if form == "exp_ibp":
-        ibp = robust_cross_entropy(m_ibp, y).clamp_min(EXP_FLOOR)
-        adv = F.cross_entropy(logits_adv, y, reduction="none").clamp_min(EXP_FLOOR)
-        return torch.exp(alpha * ibp.log() + (1 - alpha) * adv.log())
-    raise ValueError(f"unknown expressive loss {form!r}; choose mtl_ibp, cc_ibp or exp_ibp")
+# form -> per-sample loss from (alpha, IBP margin bounds, logits at the attack point, labels)
+Combine = Callable[[float, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def expressive_loss(ctx: RobustContext) -> torch.Tensor:
-    options = ctx.method
-    form, alpha = str(options.name), float(options.alpha)
+def mtl(alpha: float, m_ibp: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return alpha * robust_cross_entropy(m_ibp, y) + (1 - alpha) * F.cross_entropy(logits_adv, y, reduction="none")
 
-    def per_sample(x: torch.Tensor, radius: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        lower, upper = input_box(x, radius)
-        m_ibp = margin_lower_bounds(ctx.model, ctx.x, y, lower, upper, 0.0, ctx.num_classes)
-        if alpha >= 1.0:
-            return robust_cross_entropy(m_ibp, y)
-        attack_radius = options.attack_eps_factor * radius
-        attack_lower, attack_upper = input_box(x, attack_radius)
-        x_adv = training_attack(ctx.model, x, y, attack_lower, attack_upper, attack_radius, options.attack_steps)
-        return combine(form, alpha, m_ibp, ctx.model(x_adv), y)
 
-    return gm_loss(ctx, per_sample)
+def cc(alpha: float, m_ibp: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return robust_cross_entropy(alpha * m_ibp + (1 - alpha) * attack_margins(logits_adv, y), y)
+
+
+def exp(alpha: float, m_ibp: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    ibp = robust_cross_entropy(m_ibp, y).clamp_min(EXP_FLOOR)
+    adv = F.cross_entropy(logits_adv, y, reduction="none").clamp_min(EXP_FLOOR)
+    return torch.exp(alpha * ibp.log() + (1 - alpha) * adv.log())
+
+
+def expressive_loss(combine: Combine) -> Callable[[RobustContext], torch.Tensor]:
+    """The robust loss of one form: IBP over the box and `combine` with the attack point."""
+
+    def loss(ctx: RobustContext) -> torch.Tensor:
+        options = ctx.method
+        alpha = float(options.alpha)
+
+        def per_sample(x: torch.Tensor, radius: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            lower, upper = input_box(x, radius)
+            m_ibp = margin_lower_bounds(ctx.model, ctx.x, y, lower, upper, 0.0, ctx.num_classes)
+            if alpha >= 1.0:
+                return robust_cross_entropy(m_ibp, y)
+            attack_radius = options.attack_eps_factor * radius
+            attack_lower, attack_upper = input_box(x, attack_radius)
+            x_adv = training_attack(ctx.model, x, y, attack_lower, attack_upper, attack_radius, options.attack_steps)
+            return combine(alpha, m_ibp, ctx.model(x_adv), y)
+
+        return gm_loss(ctx, per_sample)
+
+    return loss
 
 
 def check(cfg) -> None:
@@ -94,25 +94,20 @@ def check(cfg) -> None:
         )
 
 
-_COMMON = dict(check=check, penalty=l1_penalty, final_certifiers=("crown-ibp",))
-MTL_IBP = register(
-    Method(
-        "mtl_ibp",
-        ExpressiveConfig,
-        expressive_loss,
-        "alpha L_IBP + (1 - alpha) CE(f(x_adv), y) (De Palma et al. 2024)",
-        **_COMMON,
+FORMS = {
+    "mtl_ibp": (mtl, "alpha L_IBP + (1 - alpha) CE(f(x_adv), y) (De Palma et al. 2024)"),
+    "cc_ibp": (cc, "CE(-(alpha m_IBP + (1 - alpha) m(x_adv)), y) (De Palma et al. 2024)"),
+    "exp_ibp": (exp, "L_IBP^alpha L_adv^(1 - alpha) (De Palma et al. 2024)"),
+}
+for _name, (_combine, _summary) in FORMS.items():
+    register(
+        Method(
+            _name,
+            ExpressiveConfig,
+            expressive_loss(_combine),
+            _summary,
+            check=check,
+            penalty=l1_penalty,
+            final_certifiers=("crown-ibp",),
+        )
     )
-)
-CC_IBP = register(
-    Method(
-        "cc_ibp",
-        CCIBPConfig,
-        expressive_loss,
-        "CE(-(alpha m_IBP + (1 - alpha) m(x_adv)), y) (De Palma et al. 2024)",
-        **_COMMON,
-    )
-)
-EXP_IBP = register(
-    Method("exp_ibp", ExpIBPConfig, expressive_loss, "L_IBP^alpha L_adv^(1 - alpha) (De Palma et al. 2024)", **_COMMON)
-)

@@ -18,7 +18,6 @@ LipschitzLoss = choice("LipschitzLoss", LOSSES)
 
 @dataclass
 class LipschitzConfig(MethodConfig):
-    name: str = "lipschitz"
     kappa_final: float = 0.0
     beta_start: float = 0.0
     beta_final: float = 0.0

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from certtrain.losses import RobustContext, RobustLoss
 
@@ -31,7 +32,9 @@ class MethodConfig:
 @dataclass(frozen=True)
 class Method:
     name: str
-    config: type  # a MethodConfig subclass (or MethodConfig itself): the Hydra group's schema
+    # A MethodConfig subclass (or MethodConfig itself): the keys and defaults of method.*; several
+    # records may share one (the record sets `name`, see defaults and schema).
+    config: type
     loss: RobustLoss | None  # None: trains without bounds (kappa stays 1)
     summary: str  # one line for `--help`-style listings and the README table
     # Architectures it trains; None: every architecture of the zoo.
@@ -47,6 +50,14 @@ class Method:
     fusable: bool = False  # method.loss_fusion=true is allowed (it has a CROWN backward pass)
     # Certifiers of the final evaluation when eval.final_bounds is not set (added to eval.bounds).
     final_certifiers: tuple[str, ...] = ()
+
+    def defaults(self, **overrides) -> MethodConfig:
+        """Its config with every default (and `overrides`), named by this record."""
+        return self.config(**{"name": self.name, **overrides})
+
+    def schema(self) -> DictConfig:
+        """The typed node that conf/method/<name>.yaml and structured_config start from."""
+        return OmegaConf.structured(self.defaults())
 
     def robust_loss(self, ctx: RobustContext) -> torch.Tensor:
         """L_rob of this method at the context's radius, over the radii its `radii` rule allows."""

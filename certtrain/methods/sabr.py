@@ -22,7 +22,6 @@ from certtrain.methods.record import Method, register
 
 @dataclass
 class SabrConfig(AttackMethodConfig):
-    name: str = "sabr"
     # lambda: the small box's radius as a fraction of the radius (their values: 0.4 MNIST 0.1,
     # 0.6 MNIST 0.3, 0.1 CIFAR-10 2/255, 0.7 CIFAR-10 8/255)
     small_box: float = 0.4

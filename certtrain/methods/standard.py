@@ -9,7 +9,6 @@ from certtrain.methods.record import Method, MethodConfig, register
 
 @dataclass
 class StandardConfig(MethodConfig):
-    name: str = "standard"
     kappa_final: float = 1.0
 
 
