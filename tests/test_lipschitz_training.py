@@ -44,7 +44,8 @@ def test_lipschitz_method_trains_and_reports_its_certifier(data_dir, tmp_path, l
     cfg = compose_config(*TINY, f"method.lipschitz_loss={loss}", f"data_dir={data_dir}")
     metrics = train(cfg, run_dir=tmp_path)
     verified = metrics["verified_err"]
-    assert set(verified) == {"ibp", "crown-ibp", "lipschitz", "best"}  # lipschitz: added for method=lipschitz; best: the union
+    # lipschitz: added for method=lipschitz; best: the per-sample union
+    assert set(verified) == {"ibp", "crown-ibp", "lipschitz", "best"}
     for eps in ("0.01", "0.1"):
         # certified by the Lipschitz bound OR a bound method: never worse than either bound alone
         assert verified["lipschitz"][eps] <= min(verified["ibp"][eps], verified["crown-ibp"][eps])
