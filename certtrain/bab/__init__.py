@@ -19,10 +19,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from certtrain.bab.bounding import SplitBounder, check_relu_network
+from certtrain.bab.bounding import Bounded, SplitBounder, check_relu_network, root_bounds
 from certtrain.bab.branching import RULES, check_rule
 from certtrain.bab.search import RowResult, branch_and_bound_row
 from certtrain.bounds.graph import build_ops
+
+def _fields(bounded: Bounded):
+    return (bounded.lower, bounded.slopes, bounded.betas, bounded.coefficients, bounded.bounds, bounded.candidates)
+
+
+def _row(value, k):
+    """Row k of a Bounded field (a tensor, a dict of tensors or of pairs), batch kept."""
+    if isinstance(value, dict):
+        return {i: _row(v, k) for i, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_row(v, k) for v in value)
+    return value[k : k + 1]
+
 
 __all__ = ["RULES", "BabOptions", "BabOutcome", "robustness_bab"]
 
@@ -30,7 +43,7 @@ __all__ = ["RULES", "BabOptions", "BabOutcome", "robustness_bab"]
 @dataclass(frozen=True)
 class BabOptions:
     batch: int = 64  # sub-domains split per engine call (each gives two children)
-    branching: str = "babsr"  # babsr | width
+    branching: str = "fsb"  # fsb | babsr | width (certtrain.bab.branching)
     iterations: int = 20  # alpha/beta steps per batch of children
     root_iterations: int = 50  # alpha steps at the root
     lr_alpha: float = 0.1
@@ -66,18 +79,29 @@ def robustness_bab(model, x_L, x_U, label, classes, options: BabOptions, deadlin
     ops, layer_index, out_shape = build_ops(net, None, x_L)
     check_relu_network(ops, layer_index)
     started = time.perf_counter()
+    root = root_bounds(ops, x_L, x_U)
+    settings = dict(iterations=options.iterations, lr_alpha=options.lr_alpha, lr_beta=options.lr_beta, root=root)
+    classes = list(classes)
+    C = torch.zeros(len(classes), out_shape[0], dtype=options.dtype)
+    C[:, label] = 1.0
+    C[torch.arange(len(classes)), classes] = -1.0
+    # All rows at once, each row a sub-domain without splits: CROWN first, alpha-CROWN for the rest.
+    everyone = SplitBounder(ops, x_L, x_U, C, **settings)
+    crown = everyone.bound(everyone.empty_splits(len(classes)), iterations=0).lower
+    stats = {"root_crown": dict(zip(classes, crown.tolist())), "domains": 0, "depth": 0, "leaf_lps": 0}
     rows = []
-    for j in classes:
-        c = torch.zeros(out_shape[0], dtype=options.dtype)
-        c[label], c[j] = 1.0, -1.0
-        bounder = SplitBounder(ops, x_L, x_U, c, options.iterations, options.lr_alpha, options.lr_beta)
-        root = bounder.bound(bounder.empty_splits(), iterations=options.root_iterations)
-        rows.append((float(root.lower[0]), j, bounder, root))
-    stats = {"root_bounds": {j: lower for lower, j, _, _ in rows}, "domains": 0, "depth": 0, "leaf_lps": 0}
+    open_rows = (crown <= 0).nonzero().flatten().tolist()
+    if open_rows:
+        some = SplitBounder(ops, x_L, x_U, C[open_rows], **settings)
+        alpha = some.bound(some.empty_splits(len(open_rows)), iterations=options.root_iterations)
+        stats["root_alpha"] = {classes[r]: float(v) for r, v in zip(open_rows, alpha.lower)}
+        for k, r in enumerate(open_rows):
+            if alpha.lower[k] <= 0:
+                bounder = SplitBounder(ops, x_L, x_U, C[r], **settings)
+                start = Bounded(*(_row(field_, k) for field_ in _fields(alpha)))
+                rows.append((float(alpha.lower[k]), classes[r], bounder, start))
     outcome = BabOutcome("robust", stats=stats)
     for lower, j, bounder, root in sorted(rows, key=lambda row: row[0]):
-        if lower > 0:
-            continue
         row: RowResult = branch_and_bound_row(bounder, net, check, deadline, options.batch, options.branching, root)
         stats["domains"] += row.domains
         stats["depth"] = max(stats["depth"], row.depth)

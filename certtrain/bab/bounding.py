@@ -46,17 +46,25 @@ def check_relu_network(ops, layer_index) -> None:
             )
 
 
-class SplitBounder:
-    """Bounds of c ops(x) over sub-domains of one input box [x_L, x_U] (batch 1)."""
+def root_bounds(ops, x_L, x_U):
+    """Input bounds of every op over the whole box: CROWN where IBP leaves a ReLU unstable."""
+    with torch.no_grad():
+        return [(lo.detach(), up.detach()) for lo, up in crown_intermediate_pass(ops[:-1], x_L, x_U, only_unstable=True)]
 
-    def __init__(self, ops, x_L, x_U, c, iterations=20, lr_alpha=0.1, lr_beta=0.05):
+
+class SplitBounder:
+    """Bounds of c ops(x) over sub-domains of one input box [x_L, x_U] (batch 1).
+
+    c: (K,) one row for every sub-domain, or (D, K) one row per sub-domain (the root of several
+    rows bounded in one call). root: root_bounds(ops, x_L, x_U), shared by the rows of a box.
+    """
+
+    def __init__(self, ops, x_L, x_U, c, iterations=20, lr_alpha=0.1, lr_beta=0.05, root=None):
         self.ops, self.x_L, self.x_U = ops, x_L, x_U
-        self.c = c.reshape(1, 1, -1).to(x_L.dtype)
+        self.c = c.reshape(-1, 1, c.shape[-1]).to(x_L.dtype)
         self.relus = [i for i, op in enumerate(ops) if isinstance(op, ReLUOp)]
         self.iterations, self.lr_alpha, self.lr_beta = iterations, lr_alpha, lr_beta
-        with torch.no_grad():
-            root = crown_intermediate_pass(ops[:-1], x_L, x_U, only_unstable=True)
-        self.root = [(lo.detach(), up.detach()) for lo, up in root]
+        self.root = root_bounds(ops, x_L, x_U) if root is None else root
 
     def neurons(self, index) -> int:
         return self.root[index][0][0].numel()
@@ -159,6 +167,8 @@ class SplitBounder:
                 corner = torch.where(A.detach()[:, 0] > 0, x_L, x_U)
                 candidates = corner if candidates is None else torch.where(improved.view(-1, *[1] * (corner.dim() - 1)), corner, candidates)
             if step == iterations:
+                break
+            if bool((best > 0).all()):  # every sub-domain proved: more steps change no verdict
                 break
             grads = torch.autograd.grad(-lower.sum(), list(slopes.values()) + list(betas.values()))
             for param, grad in zip(list(slopes.values()) + list(betas.values()), grads):

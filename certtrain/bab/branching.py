@@ -5,6 +5,9 @@ whose output enters the bound with a negative coefficient v < 0 contributes v ti
 line's intercept -l u / (u - l) to it; splitting removes that term. Neurons entered with v > 0
 sit on their lower line, whose gap to relu at the interval's ends is min(u (1 - a), -l a) at
 most; that term, scaled down, breaks ties among neurons without an intercept cost.
+fsb: filtered smart branching (De Palma et al. 2021): the `FSB_CANDIDATES` best neurons by the
+babsr score, each judged by the bounds of its two children without optimisation (warm slopes
+and multipliers), the one whose worse child is best wins.
 width: the widest free unstable neuron (u - l), a rule that ignores the specification.
 """
 
@@ -12,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-RULES = ("babsr", "width")
+RULES = ("fsb", "babsr", "width")
+FSB_CANDIDATES = 4
 TIE_WEIGHT = 1e-3
 
 
@@ -37,17 +41,21 @@ def neuron_scores(rule, coefficient, lower, upper, slope, split):
 
 
 def choose(rule, relus, bounded, splits):
-    """Per sub-domain, the (ReLU op index, neuron) to split: two (D,) long tensors; layer -1
-    where every ReLU of the sub-domain is stable or split (nothing is left to branch on)."""
+    """Per sub-domain, the candidate (ReLU op index, neuron) pairs to split, best first: two
+    (D, k) long tensors, k = FSB_CANDIDATES for fsb and 1 otherwise; layer -1 where no neuron is
+    left (every ReLU of the sub-domain stable or split)."""
+    score_rule = "babsr" if rule == "fsb" else rule
     scores = [
-        neuron_scores(rule, bounded.coefficients[i], *bounded.bounds[i], bounded.slopes[i], splits[i]) for i in relus
+        neuron_scores(score_rule, bounded.coefficients[i], *bounded.bounds[i], bounded.slopes[i], splits[i])
+        for i in relus
     ]
     sizes = [s.shape[1] for s in scores]
     flat = torch.cat(scores, dim=1)
-    best, position = flat.max(dim=1)
-    offsets = torch.tensor([0] + sizes).cumsum(0)
+    top = min(FSB_CANDIDATES if rule == "fsb" else 1, flat.shape[1])
+    best, position = flat.topk(top, dim=1)
+    offsets = torch.tensor([0] + sizes, device=flat.device).cumsum(0)
     layer_position = torch.searchsorted(offsets[1:], position, right=True)
     neuron = position - offsets[layer_position]
-    layer = torch.tensor(relus)[layer_position.clamp(max=len(relus) - 1)]
+    layer = torch.tensor(relus, device=flat.device)[layer_position.clamp(max=len(relus) - 1)]
     layer = torch.where(torch.isfinite(best), layer, torch.full_like(layer, -1))
     return layer, neuron

@@ -101,16 +101,16 @@ class _Pool:
         return float(min(t.min() for t in self.lower)) if len(self) else float("inf")
 
 
-def _children(picked, relus):
-    """Two children per picked sub-domain: the chosen neuron active (+1) and inactive (-1)."""
+def _children(picked, relus, layer, neuron):
+    """Two children per picked sub-domain: neuron (layer[d], neuron[d]) active (+1) and inactive (-1)."""
     count = len(picked["lower"])
     rows = torch.arange(count)
     splits, slopes, betas = {}, {}, {}
     for i in relus:
         both = picked["splits"][i].repeat(2, 1)
-        here = picked["layer"] == i
+        here = layer == i
         chosen = torch.cat((rows[here], count + rows[here]))
-        neurons = picked["neuron"][here].repeat(2)
+        neurons = neuron[here].repeat(2)
         signs = torch.cat((torch.ones(int(here.sum())), -torch.ones(int(here.sum())))).to(both.dtype)
         both[chosen, neurons] = signs
         splits[i] = both
@@ -192,7 +192,25 @@ def _leaf_lp(bounder, splits_one, model_ops, c):
     return float(res.fun + offset[-1]), point, betas
 
 
-def branch_and_bound_row(bounder: SplitBounder, model, check, deadline, batch=64, rule="babsr", root=None) -> RowResult:
+def _decide(bounder, picked, relus):
+    """The neuron each picked sub-domain splits on: its only candidate, or (several candidates,
+    fsb) the one whose two children have the best worse bound without optimisation."""
+    layers, neurons = picked["layer"], picked["neuron"]
+    if layers.shape[1] == 1:
+        return layers[:, 0], neurons[:, 0]
+    count = len(layers)
+    worst = []
+    for k in range(layers.shape[1]):
+        splits, slopes, betas = _children(picked, relus, layers[:, k], neurons[:, k])
+        lower = bounder.bound(splits, slopes, betas, iterations=0).lower
+        value = torch.minimum(lower[:count], lower[count:])
+        worst.append(torch.where(layers[:, k] >= 0, value, torch.full_like(value, -torch.inf)))
+    pick = torch.stack(worst, 1).argmax(1)
+    rows = torch.arange(count)
+    return layers[rows, pick], neurons[rows, pick]
+
+
+def branch_and_bound_row(bounder: SplitBounder, model, check, deadline, batch=64, rule="fsb", root=None) -> RowResult:
     """Decide c f(x) > 0 over bounder's box (model: the float network of the same dtype, for the
     attack). check(x) -> a confirmed counterexample or None."""
     relus = bounder.relus
@@ -217,7 +235,7 @@ def branch_and_bound_row(bounder: SplitBounder, model, check, deadline, batch=64
             result.stats["worst_bound"] = pool.worst()
             return result
         picked = pool.pop(batch)
-        leaves = picked["layer"] < 0
+        leaves = picked["layer"][:, 0] < 0
         if leaves.any():  # nothing left to split: the sub-domain is an LP
             for index in leaves.nonzero().flatten().tolist():
                 one = {i: picked["splits"][i][index : index + 1] for i in relus}
@@ -239,7 +257,8 @@ def branch_and_bound_row(bounder: SplitBounder, model, check, deadline, batch=64
             }
             if len(picked["lower"]) == 0:
                 continue
-        splits, slopes, betas = _children(picked, relus)
+        layer, neuron = _decide(bounder, picked, relus)
+        splits, slopes, betas = _children(picked, relus, layer, neuron)
         bounded = bounder.bound(splits, slopes, betas)
         result.domains += len(bounded.lower)
         result.depth = max(result.depth, int(max(int((s != 0).sum(1).max()) for s in splits.values())))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from certtrain.bab import robustness_bab
 from certtrain.precision import certifier
 from certtrain.verify.formulation import build_formulation
 from certtrain.verify.network import model_dtype, network_steps
@@ -73,6 +74,9 @@ def verify(model: nn.Module, x: torch.Tensor, y, options: VerifyOptions | None =
         solver=options.solver,
         deadline=start + float(options.time_limit),
         crown_dtype=options.crown_dtype,
+        method=options.method,
+        bab=options.bab,
+        bab_deadline=start + float(options.time_limit) * (options.bab_share if options.method == "bab-milp" else 1.0),
     )
     was_training = model.training
     model.eval()
@@ -103,9 +107,58 @@ def _run(model, x, label, targets, domain, **options) -> VerificationResult:
             resolved_by="clean",
             witness_verified=True,
         )
+    if options["method"] != "milp":
+        result = _decide_bab(model, x, label, classes, targets is not None, domain, net, **options)
+        if result is not None:
+            result.predicted = predicted
+            return result
     steps = network_steps(model, domain.shape)
     result = _decide(model, x, label, classes, targets is not None, domain, net, steps, **options)
     result.predicted = predicted
+    return result
+
+
+def _decide_bab(model, x, label, classes, targeted, domain, net, **options) -> VerificationResult | None:
+    """PGD, then branch and bound; None when it ran out of its time and the MILP comes next."""
+    start = time.perf_counter()
+    stats = {"pgd_found": False}
+    if not targeted and options["pgd_steps"] > 0:
+        found = _pgd_witness(model, x, label, domain, net, options["pgd_steps"], options["pgd_restarts"])
+        if found is not None:
+            stats["pgd_found"] = True
+            witness = as_tensor(found, domain.shape, domain, x)
+            return VerificationResult("adversarial", witness, resolved_by="pgd", witness_verified=True, stats=stats)
+
+    def check(point: torch.Tensor):
+        """A point of the box, rounded to x's dtype and confirmed by the float64 network, or None."""
+        flat = np.clip(point.double().reshape(-1).numpy(), domain.box_lower, domain.box_upper)
+        candidate = representable(domain, flat, x)
+        if targeted:  # a point where one of the targets is the top class
+            hit = any(is_adversarial(net, domain, candidate, label, target) for target in classes)
+        else:
+            hit = is_adversarial(net, domain, candidate, label)
+        return candidate if hit else None
+
+    if time.perf_counter() >= options["bab_deadline"]:  # its share of the time went to the attack
+        if options["method"] == "bab-milp" and time.perf_counter() < options["deadline"]:
+            return None
+        return VerificationResult("timeout", resolved_by="bab", stats=stats)
+    shape = (1, *domain.shape)
+    x_L = torch.from_numpy(domain.box_lower.reshape(shape))
+    x_U = torch.from_numpy(domain.box_upper.reshape(shape))
+    outcome = robustness_bab(model, x_L, x_U, label, classes, options["bab"], options["bab_deadline"], check)
+    stats.update(bab=outcome.stats)
+    if outcome.status == "timeout" and options["method"] == "bab-milp" and time.perf_counter() < options["deadline"]:
+        return None
+    result = VerificationResult(
+        outcome.status if outcome.status != "unknown" else "unresolved",
+        resolved_by="bab",
+        solve_seconds=time.perf_counter() - start,
+        stats=stats,
+    )
+    if outcome.witness is not None:
+        result.adversarial = as_tensor(outcome.witness, domain.shape, domain, x)
+        result.witness_verified = True
     return result
 
 
@@ -128,6 +181,9 @@ def _decide(
     solver,
     deadline,
     crown_dtype,
+    method="milp",
+    bab=None,
+    bab_deadline=None,
 ) -> VerificationResult:
     depth = LEVELS.index(tightening)
     bounds = engine_bounds(steps, domain.box_lower, domain.box_upper, "ibp")

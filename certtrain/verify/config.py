@@ -13,6 +13,16 @@ from hydra.core.config_store import ConfigStore
 
 
 @dataclass
+class BabConfig:
+    """Branch and bound (method=bab | bab-milp); certtrain.bab.BabOptions checks the values."""
+
+    batch: int = 64  # sub-domains split per bound call
+    branching: str = "fsb"  # fsb | babsr | width
+    iterations: int = 20  # alpha/beta steps per batch
+    share: float = 0.5  # bab-milp: the fraction of time_limit branch and bound may use
+
+
+@dataclass
 class VerifyConfig:
     model: Any = field(default_factory=lambda: {"name": "wk17a"})  # conf/model group (name: ...) or onnx
     dataset: Any = field(default_factory=lambda: {"name": "mnist"})  # conf/dataset group
@@ -29,6 +39,10 @@ class VerifyConfig:
     blur_kernel_size: int = 3
     targets: Optional[List[int]] = None  # null: untargeted
     tightening: str = "lp"  # ibp | crown | lp | mip
+    # milp | bab (PGD, alpha-CROWN, branch and bound) | bab-milp (then the MILP); VerifyOptions.method.
+    # Not "method": conf/method is the training methods' group, which Hydra would read it as.
+    verifier: str = "milp"
+    bab: BabConfig = field(default_factory=BabConfig)
     time_limit: float = 120.0  # seconds per sample
     tightening_time_limit: float = 1.0  # seconds per LP / MIP bound solve
     rerun: str = "never"  # never | always | timeouts | unresolved

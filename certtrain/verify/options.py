@@ -11,12 +11,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from certtrain.bab import BabOptions
 from certtrain.verify.encoding import SolverOptions
 from certtrain.verify.objectives import NORMS
 from certtrain.verify.perturbations import FAMILIES
 from certtrain.verify.tightening import check_level
 
 OBJECTIVES = ("robustness", "min_distortion")
+# milp: bounds -> LP -> PGD -> tightened MILP. bab: PGD -> alpha-CROWN -> branch and bound.
+# bab-milp: branch and bound for bab_share of the time limit, then the MILP with what is left.
+METHODS = ("milp", "bab", "bab-milp")
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,8 @@ class VerifyOptions:
     pgd_steps / pgd_restarts: the attack tried before the tightened MILP (0 steps: none).
     crown_dtype: float64 (default) or float32 CROWN bounds (about twice as fast on convolutions,
     widened by the engine's FLOAT32_SLACK, which the tests check on random networks only).
+    method: milp | bab | bab-milp (METHODS); branch and bound decides robustness over box sets
+    (linf, unrestricted) untargeted or targeted; `bab` holds its settings (certtrain.bab.BabOptions).
     """
 
     eps: float | None = 0.1
@@ -48,6 +54,9 @@ class VerifyOptions:
     # float64 by default: the MILP takes these bounds as proof margins, and float32's rounding is
     # only checked (FLOAT32_SLACK) on small random networks, not bounded for every network size.
     crown_dtype: torch.dtype = torch.float64
+    method: str = "milp"
+    bab: BabOptions = field(default_factory=BabOptions)
+    bab_share: float = 0.5  # bab-milp: the fraction of time_limit branch and bound may use
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -66,5 +75,14 @@ class VerifyOptions:
         if self.crown_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"crown_dtype must be torch.float32 or torch.float64, got {self.crown_dtype}")
         check_level(self.tightening)
+        if self.method not in METHODS:
+            raise ValueError(f"unknown verification method {self.method!r}; choose one of {METHODS}")
+        if self.method != "milp" and (self.objective != "robustness" or self.perturbation == "blur"):
+            raise ValueError(
+                f"method={self.method} decides robustness over box sets (perturbation linf or unrestricted); "
+                f"use method=milp for objective={self.objective}, perturbation={self.perturbation}"
+            )
+        if not 0 < self.bab_share <= 1:
+            raise ValueError(f"bab_share={self.bab_share}: use a fraction of the time limit in (0, 1]")
         if self.targets is not None:
             object.__setattr__(self, "targets", tuple(int(t) for t in self.targets))

@@ -26,7 +26,7 @@ class VerificationResult:
     seconds: float = 0.0  # wall clock
     cpu_seconds: float = 0.0  # CPU time of this process (less sensitive to other load on the machine)
     predicted: int | None = None
-    resolved_by: str = ""  # clean | pgd | ibp | crown | lp | mip
+    resolved_by: str = ""  # clean | pgd | ibp | crown | lp | mip | bab
     solve_seconds: float = 0.0  # time spent in HiGHS (tightening and final solves)
     witness_verified: bool = False
     stats: dict = field(default_factory=dict)  # unstable ReLUs per level, binaries, IBP/CROWN verdicts

@@ -13,6 +13,7 @@ import highspy
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from certtrain.bab import BabOptions
 from certtrain.checkpoints import weights_hash
 from certtrain.data import load_split
 from certtrain.verify.batch import RERUN, parse_samples, run_batch
@@ -126,6 +127,9 @@ def run_from_config(cfg: DictConfig) -> dict:
         blur_kernel_size=cfg.blur_kernel_size,
         tightening_time_limit=cfg.tightening_time_limit,
         solver=SolverOptions(threads=cfg.threads),
+        method=cfg.verifier,
+        bab=BabOptions(batch=cfg.bab.batch, branching=cfg.bab.branching, iterations=cfg.bab.iterations),
+        bab_share=cfg.bab.share,
     )
     network = load_network(model_name, weights, stats)
     split = load_split(dataset, "test", cfg.data_dir)
@@ -144,6 +148,8 @@ def run_from_config(cfg: DictConfig) -> dict:
         "targets": targets,
         "mode": cfg.mode,
         "tightening": cfg.tightening,
+        "verifier": cfg.verifier,
+        "bab": OmegaConf.to_container(cfg.bab),
         "time_limit": cfg.time_limit,
         "pgd_steps": cfg.pgd_steps,
         "pgd_restarts": cfg.pgd_restarts,
