@@ -33,16 +33,17 @@ METHODS = {
     "gm_ibp": ["method=gm_ibp", "gm.estimator=sampled"],
     "gm_crown_ibp": ["method=gm_crown_ibp", "gm.estimator=sampled", "method.loss_fusion=true"],
 }
-# One search space for all methods (epochs fixed by the table's recipe: 20).
+# One search space for all methods; epochs (20), lr (1e-3) and its decay are the recipe's.
 GRID = {
     "method.kappa_final": ["0", "0.5"],
     "schedule.ramp_epochs": ["5", "10"],
-    "lr": ["1e-3", "5e-4"],
 }
 SELECT_EPS = 0.3
-# Reduced scale for the grid, identical for every method: 10,000 training images, 2,000 held out.
-TUNE_SCALE = ["dataset.train_size=12000", "dataset.val_size=2000", "dataset.test_size=1000", "eval.every=0"]
-FULL_SCALE = ["dataset.val_size=5000", "eval.every=0"]
+# The grid runs at full scale: at 10,000 training images every network of every method was worse
+# at eps 0.3 than the constant classifier (validation verified error 0.95-0.98 against 0.888),
+# so selection at that scale picks a collapsed network.
+FULL_SCALE = ["dataset.val_size=5000", "eval.every=0", "eval.eps_grid=[0.1,0.2,0.3,0.4,0.5]"]
+TUNE_SCALE = FULL_SCALE
 SEEDS = (0, 1, 2)
 
 
@@ -65,8 +66,15 @@ def run_job(run_dir: Path, overrides: list[str], data_dir: str) -> Path:
         return run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "FAILED").unlink(missing_ok=True)
-    command = [sys.executable, "train.py", "experiment=table3_mnist", *overrides, f"data_dir={data_dir}",
-               f"hydra.run.dir={run_dir}", "overwrite=true"]
+    command = [
+        sys.executable,
+        "train.py",
+        "experiment=table3_mnist",
+        *overrides,
+        f"data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        "overwrite=true",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with open(run_dir / "protocol.out", "w") as out:
         code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -132,10 +140,11 @@ def main() -> None:
             overrides, value = best_trial(out, args.eps_train, method)
             print(f"{method}: {trial_name(overrides)}  (validation verified error at {SELECT_EPS:g}: {value:.4f})")
             if args.stage == "seeds":
-                for seed in SEEDS:
+                for seed in SEEDS[1:]:  # seed 0 is the tuning trial itself (the same command)
                     run_dir = out / f"eps{args.eps_train:g}" / "seeds" / method / f"seed{seed}"
-                    jobs.append((run_dir, METHODS[method] + overrides + FULL_SCALE + common(args.eps_train)
-                                 + [f"seed={seed}"]))
+                    jobs.append(
+                        (run_dir, METHODS[method] + overrides + FULL_SCALE + common(args.eps_train) + [f"seed={seed}"])
+                    )
     with ThreadPoolExecutor(args.jobs) as pool:
         for run_dir in pool.map(lambda job: run_job(job[0], job[1], args.data_dir), jobs):
             print("done" if (run_dir / "metrics.json").is_file() else "FAILED", run_dir, flush=True)

@@ -188,7 +188,13 @@ def test_a_sub_domain_holding_a_counterexample_is_never_closed():
         splits = {i: torch.where(values[i] >= 0, 1, -1).to(torch.int8) for i in bounder.relus}
         assert bounder.bound(splits).lower[0] <= (out * c).sum() + 1e-9
         outcome = robustness_bab(
-            net, x - 0.3, x + 0.3, label, [j for j in range(3) if j != label], BabOptions(), time.perf_counter() + 20,
+            net,
+            x - 0.3,
+            x + 0.3,
+            label,
+            [j for j in range(3) if j != label],
+            BabOptions(),
+            time.perf_counter() + 20,
             lambda p: p if net.double()(p.double()).argmax() != label else None,
         )
         assert outcome.status == "adversarial"

@@ -24,6 +24,7 @@ from certtrain.bab.branching import RULES, check_rule
 from certtrain.bab.search import RowResult, branch_and_bound_row
 from certtrain.bounds.graph import build_ops
 
+
 def _fields(bounded: Bounded):
     return (bounded.lower, bounded.slopes, bounded.betas, bounded.coefficients, bounded.bounds, bounded.candidates)
 

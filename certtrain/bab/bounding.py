@@ -20,7 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
-from certtrain.bounds.backward import concretize_lower, crown_intermediate_pass, refine_unstable, relu_backward_with_slopes
+from certtrain.bounds.backward import (
+    concretize_lower,
+    crown_intermediate_pass,
+    refine_unstable,
+    relu_backward_with_slopes,
+)
 from certtrain.bounds.graph import UnsupportedLayerError
 from certtrain.bounds.ops import AffineOp, ReLUOp
 
@@ -49,7 +54,9 @@ def check_relu_network(ops, layer_index) -> None:
 def root_bounds(ops, x_L, x_U):
     """Input bounds of every op over the whole box: CROWN where IBP leaves a ReLU unstable."""
     with torch.no_grad():
-        return [(lo.detach(), up.detach()) for lo, up in crown_intermediate_pass(ops[:-1], x_L, x_U, only_unstable=True)]
+        return [
+            (lo.detach(), up.detach()) for lo, up in crown_intermediate_pass(ops[:-1], x_L, x_U, only_unstable=True)
+        ]
 
 
 class SplitBounder:
@@ -82,7 +89,9 @@ class SplitBounder:
         for position, index in enumerate(self.relus):
             shape = bounds[index][0].shape
             if position > 0 and any(bool(splits[i].any()) for i in self.relus[:position]):
-                bounds[index] = refine_unstable(self.ops[:index], self.ops[index].in_shape, bounds, bounds[index], x_L, x_U)
+                bounds[index] = refine_unstable(
+                    self.ops[:index], self.ops[index].in_shape, bounds, bounds[index], x_L, x_U
+                )
             sign = splits[index].view(shape)
             lower = torch.where(sign > 0, bounds[index][0].clamp(min=0), bounds[index][0])
             upper = torch.where(sign < 0, bounds[index][1].clamp(max=0), bounds[index][1])
@@ -129,7 +138,10 @@ class SplitBounder:
         dtype = self.x_L.dtype
         signs = {i: splits[i].to(dtype) for i in self.relus}
         slopes = {
-            i: (slopes[i] if slopes is not None else self._crown_slopes(bounds[i])).to(dtype).clone().requires_grad_(True)
+            i: (slopes[i] if slopes is not None else self._crown_slopes(bounds[i]))
+            .to(dtype)
+            .clone()
+            .requires_grad_(True)
             for i in self.relus
         }
         betas = {
@@ -143,7 +155,10 @@ class SplitBounder:
         optimizer = None
         if iterations > 0:
             optimizer = torch.optim.Adam(
-                [{"params": list(slopes.values()), "lr": self.lr_alpha}, {"params": list(betas.values()), "lr": self.lr_beta}]
+                [
+                    {"params": list(slopes.values()), "lr": self.lr_alpha},
+                    {"params": list(betas.values()), "lr": self.lr_beta},
+                ]
             )
         best = torch.full((count,), -torch.inf, dtype=dtype)
         best_slopes = {i: s.detach().clone() for i, s in slopes.items()}
@@ -165,7 +180,11 @@ class SplitBounder:
                         coefficients[i] = record[i].clone()
                 x_L, x_U = self._boxes(count)
                 corner = torch.where(A.detach()[:, 0] > 0, x_L, x_U)
-                candidates = corner if candidates is None else torch.where(improved.view(-1, *[1] * (corner.dim() - 1)), corner, candidates)
+                candidates = (
+                    corner
+                    if candidates is None
+                    else torch.where(improved.view(-1, *[1] * (corner.dim() - 1)), corner, candidates)
+                )
             if step == iterations:
                 break
             if bool((best > 0).all()):  # every sub-domain proved: more steps change no verdict

@@ -178,7 +178,9 @@ def _leaf_lp(bounder, splits_one, model_ops, c):
     A_ub = (-sign[rows, None] * jac[:-1][rows]).numpy()
     b_ub = (sign[rows] * offset[:-1][rows]).numpy()
     box = list(zip(bounder.x_L.flatten().tolist(), bounder.x_U.flatten().tolist()))
-    res = linprog(objective, A_ub=A_ub if len(b_ub) else None, b_ub=b_ub if len(b_ub) else None, bounds=box, method="highs")
+    res = linprog(
+        objective, A_ub=A_ub if len(b_ub) else None, b_ub=b_ub if len(b_ub) else None, bounds=box, method="highs"
+    )
     if res.status != 0:
         return None, None, None
     point = torch.from_numpy(res.x).to(x0.dtype).view(1, *x0.shape[1:])
