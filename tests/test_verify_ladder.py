@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from certtrain.bab import BabOutcome
 from certtrain.verify import VerifyOptions, ladder
 from certtrain.verify.batch import run_batch
 from certtrain.verify.ladder import LADDER_COLUMNS, LadderViolation, ladder_references, violations, write_ladder
@@ -120,3 +121,20 @@ def test_each_kind_of_break_is_found(row, expected):
         )
         == []
     )
+
+
+def test_an_unsound_branch_and_bound_is_caught_by_the_ladder(tmp_path, monkeypatch):
+    """A planted branch and bound that proves everything: the ladder names it against the MILP."""
+    monkeypatch.setattr(ladder, "robustness_bab", lambda *args, **kwargs: BabOutcome("robust"))
+    with pytest.raises(LadderViolation, match="certified by .*branch and bound"):
+        run_ladder(tmp_path)
+    assert "branch and bound verified error" in (tmp_path / "ladder.md").read_text()
+
+
+def test_the_branch_and_bound_rung_is_sound_and_at_least_the_exact_robust(tmp_path):
+    run_ladder(tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "samples.csv")))
+    for row in rows:
+        if row["bab_verified"] == "True":
+            assert row["status"] == "robust" and row["pgd_adversarial"] == "False"
+    assert sum(r["bab_verified"] == "True" for r in rows) >= sum(r["alpha_crown_verified"] == "True" for r in rows) - 1

@@ -68,6 +68,7 @@ class BabOutcome:
     stats: dict = field(default_factory=dict)
 
 
+@torch.enable_grad()  # slopes, betas, the attack and the leaf LP's Jacobian need autograd, even under no_grad
 def robustness_bab(model, x_L, x_U, label, classes, options: BabOptions, deadline: float, check) -> BabOutcome:
     """Decide every margin f_label - f_j > 0 (j in classes) over the box [x_L, x_U] (batch 1).
 

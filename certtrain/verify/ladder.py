@@ -4,8 +4,9 @@
 
 Per sample: PGD, the exact MILP answer (verify()), and the verdicts of IBP, CROWN-IBP, CROWN
 (plain, auto_LiRPA's form), CROWN as a verifier runs it (intermediate bounds intersected with
-IBP's, at least IBP's bound: `tight_crown_lower`), alpha-CROWN and alpha-CROWN (full: the
-intermediate bounds optimised too), each timed. The order
+IBP's, at least IBP's bound: `tight_crown_lower`), alpha-CROWN, alpha-CROWN (full: the
+intermediate bounds optimised too) and branch and bound (certtrain.bab, within bab_share of the
+time limit; its verdict is a proof or nothing), each timed. The order
     PGD error <= exact error <= alpha-CROWN (either) <= CROWN (tight) <= IBP verified error
 holds per sample by construction (each certifier's bound is at least the next one's, and a
 sound certificate never covers a real adversarial input). A sample that breaks it is a bug: the
@@ -24,12 +25,14 @@ import numpy as np
 import torch
 
 from certtrain.atomic import atomic_write_text
+from certtrain.bab import robustness_bab
 from certtrain.bounds import certified, lower_bounds, margin_spec, tight_crown_lower
 from certtrain.verify.batch import COLUMNS
 from certtrain.verify.network import model_dtype
 from certtrain.verify.options import VerifyOptions
 from certtrain.verify.perturbations import make_domain
 from certtrain.verify.references import pgd_finds
+from certtrain.verify.result import FloatNetwork
 from certtrain.verify.summary import write_summary
 
 # name -> (column stem, function(model, x_L, x_U, C) -> lower bounds)
@@ -44,12 +47,37 @@ CERTIFIERS = {
         lambda m, lo, up, c: lower_bounds(m, lo, up, c, method="alpha-crown-full"),
     ),
 }
+BAB = "branch and bound"
+
+
+def bab_certifier(options: VerifyOptions):
+    """Branch and bound as a ladder certifier: every margin proved within the rung's time, or not.
+    Returns a function of (model, x_L, x_U, C) giving +1 (proved) or -1 per margin row."""
+
+    def bound(model, x_L, x_U, C):
+        label = int(C[0, 0].argmax())
+        classes = [int(j) for j in C[0].argmin(1)]
+        net = FloatNetwork(model).model
+
+        def check(point):
+            with torch.no_grad():
+                logits = net(point.double())[0]
+            return point if int(logits.argmax()) != label and logits.max() > logits[label] else None
+
+        deadline = time.perf_counter() + float(options.time_limit) * options.bab_share
+        outcome = robustness_bab(model, x_L, x_U, label, classes, options.bab, deadline, check)
+        return torch.full((1, len(classes)), 1.0 if outcome.status == "robust" else -1.0)
+
+    return bound
+
+
 # (weaker, tighter): the tighter certifies every sample the weaker does, by construction
 ORDER = (("IBP", "CROWN (tight)"), ("CROWN (tight)", "alpha-CROWN"), ("CROWN (tight)", "alpha-CROWN (full)"))
 LADDER_COLUMNS = (
     COLUMNS
     + ["pgd_seconds"]
     + [f"{stem}_{kind}" for stem, _ in CERTIFIERS.values() for kind in ("verified", "seconds")]
+    + ["bab_verified", "bab_seconds"]
 )
 
 
@@ -61,7 +89,8 @@ def ladder_references(model, x, label, result, options: VerifyOptions, pgd_steps
     """Every certifier on every correctly classified sample (not only where PGD failed: a
     certificate where PGD succeeds is exactly what the ladder must catch)."""
     row = {"pgd_adversarial": True, "pgd_seconds": 0.0}
-    for stem, _ in CERTIFIERS.values():
+    certifiers = {**CERTIFIERS, BAB: ("bab", bab_certifier(options))}
+    for stem, _ in certifiers.values():
         row[f"{stem}_verified"], row[f"{stem}_seconds"] = False, 0.0
     if result.status == "misclassified":
         return row
@@ -74,13 +103,17 @@ def ladder_references(model, x, label, result, options: VerifyOptions, pgd_steps
     x_U = torch.from_numpy(domain.box_upper.reshape(1, *domain.shape)).to(dtype)
     with torch.no_grad():
         spec = margin_spec(torch.tensor([label]), model(x_L).shape[1]).to(dtype)
-    for stem, bound in CERTIFIERS.values():
+    for stem, bound in certifiers.values():
         start = time.perf_counter()
         with torch.no_grad():
             verdict = bool(certified(bound(model, x_L, x_U, spec))[0])
         row[f"{stem}_verified"], row[f"{stem}_seconds"] = verdict, time.perf_counter() - start
     row["crown_verified"] = row["crown_plain_verified"]  # the batch summary's CROWN column
     return row
+
+
+def _stems() -> dict:
+    return {**{name: stem for name, (stem, _) in CERTIFIERS.items()}, BAB: "bab"}
 
 
 def _flag(row: dict, key: str) -> bool:
@@ -95,7 +128,7 @@ def violations(rows: list[dict]) -> list[str]:
         for weak, strong in ORDER:
             if _flag(row, CERTIFIERS[weak][0] + "_verified") and not _flag(row, CERTIFIERS[strong][0] + "_verified"):
                 found.append(f"sample {index}: certified by {weak} but not by the tighter {strong}")
-        certifiers = [name for name, (stem, _) in CERTIFIERS.items() if _flag(row, stem + "_verified")]
+        certifiers = [name for name, stem in _stems().items() if _flag(row, stem + "_verified")]
         if certifiers and status in ("adversarial", "misclassified"):
             found.append(f"sample {index}: certified by {', '.join(certifiers)} but the exact answer is {status}")
         if certifiers and _flag(row, "pgd_adversarial"):
@@ -124,8 +157,8 @@ def summarize_ladder(rows: list[dict], settings: dict) -> dict:
             "seconds": seconds("total_seconds"),
         },
     ]
-    for name in ("alpha-CROWN (full)", "alpha-CROWN", "CROWN (tight)", "CROWN (plain)", "CROWN-IBP", "IBP"):
-        stem = CERTIFIERS[name][0]
+    for name in (BAB, "alpha-CROWN (full)", "alpha-CROWN", "CROWN (tight)", "CROWN (plain)", "CROWN-IBP", "IBP"):
+        stem = _stems()[name]
         rungs.append(
             {
                 "rung": f"{name} verified error",
