@@ -29,6 +29,7 @@ GMWeights = Choice(
 GMEstimator = Choice("GMEstimator", {name: name for name in _ESTIMATORS})
 ModelInit = Choice("ModelInit", {name: name for name in ("default", "ibp")})
 DatasetName = Choice("DatasetName", {name: name for name in ("mnist", "fashion_mnist", "cifar10", "mnist5k")})
+EvalAttack = Choice("EvalAttack", {name: name for name in ("pgd", "apgd")})
 
 DEVICES = tuple(c.value for c in Device)
 RAMP_SHAPES = tuple(c.value for c in RampShape)
@@ -43,6 +44,7 @@ EVAL_BOUNDS = (
 )  # lipschitz: Lipschitz bound or any sound bound
 GM_ESTIMATORS = tuple(c.value for c in GMEstimator)
 DATASETS = tuple(c.value for c in DatasetName)
+EVAL_ATTACKS = tuple(c.value for c in EvalAttack)
 
 
 @dataclass
@@ -97,8 +99,13 @@ class EvalConfig:
     # The final evaluation on the whole test set; null: `bounds`. E.g. [ibp,crown-ibp,alpha-crown]:
     # the tightest certificate once, not at every periodic evaluation (alpha-CROWN costs ~20 CROWN passes).
     final_bounds: Optional[List[str]] = None
-    pgd_steps: int = 20
+    pgd_steps: int = 20  # 0: no attack (pgd_err is then the clean error)
     pgd_restarts: int = 1
+    # pgd: the PGD error only; apgd: also apgd_err, AutoAttack's APGD-CE then targeted APGD-DLR
+    # (certtrain.apgd) on the samples PGD left unbroken, so apgd_err >= pgd_err
+    attack: EvalAttack = EvalAttack.pgd
+    apgd_steps: int = 100  # iterations per APGD run (the paper's 100); each is a forward and backward pass
+    apgd_restarts: int = 1  # random starts per APGD-CE run and per target of APGD-T (9 targets)
     batch_size: int = 500
 
 
@@ -243,6 +250,17 @@ def check_config(cfg: Any, certifiers=EVAL_BOUNDS) -> None:
             raise ConfigError(f"eval.eps_grid={list(cfg.eval.eps_grid)} has a negative radius; use radii >= 0")
     for bound in [*cfg.eval.bounds, *(cfg.eval.final_bounds or [])]:
         _check_choice("eval.bounds / eval.final_bounds entry", bound, sorted(certifiers))
+    _check_choice("eval.attack", cfg.eval.attack, EVAL_ATTACKS)
+    attack_counts = {
+        "eval.pgd_restarts": cfg.eval.pgd_restarts,
+        "eval.apgd_steps": cfg.eval.apgd_steps,
+        "eval.apgd_restarts": cfg.eval.apgd_restarts,
+    }
+    for key, value in attack_counts.items():
+        if value < 1:
+            raise ConfigError(f"{key}={value} must be at least 1 (it would attack nothing); e.g. {key}=1")
+    if cfg.eval.pgd_steps < 0:
+        raise ConfigError(f"eval.pgd_steps={cfg.eval.pgd_steps} is negative; use eval.pgd_steps >= 0 (0: no attack)")
     _check_choice("device", cfg.device, DEVICES)
     _check_choice("schedule.ramp_shape", cfg.schedule.ramp_shape, RAMP_SHAPES)
     _check_choice("dataset.name", cfg.dataset.name, DATASETS)

@@ -1,8 +1,10 @@
-"""Clean, PGD and verified error over a grid of radii: the drawdown curve.
+"""Clean, PGD (and, with attack="apgd", APGD) and verified error over a grid of radii: the drawdown curve.
 
 Verified error at eps counts the test samples whose margin lower bounds are not all > 0 (by more
 than the bound engine's float32 rounding slack) over the L-inf ball of radius eps (clipped to [0, 1]); PGD error is a lower bound on the true robust error,
-verified error an upper bound. Certifiers are entries of CERTIFIERS keyed by name.
+verified error an upper bound. APGD error (AutoAttack's APGD-CE and APGD-T, certtrain.apgd, run on
+the samples PGD left unbroken) is the tighter lower bound of the two. Certifiers are entries of
+CERTIFIERS keyed by name.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from certtrain.apgd import apgd_attack
 from certtrain.attacks import pgd_attack
 from certtrain.bounds import certified, lower_bounds, margin_spec
 from certtrain.data import Split, to_float
@@ -63,16 +66,25 @@ def evaluate(
     seed: int = 0,
     num_classes: int = 10,
     world: World = SINGLE,
+    attack: str = "pgd",
+    apgd_steps: int = 100,
+    apgd_restarts: int = 1,
 ) -> dict:
-    """{"clean_err": e, "pgd_err": {eps: e}, "verified_err": {bound: {eps: e}},
+    """{"clean_err": e, "pgd_err": {eps: e}, ["apgd_err": {eps: e},] "verified_err": {bound: {eps: e}},
     "certify_seconds": {bound: s}} with eps keys %g; certify_seconds is each certifier's time over
     the split (all radii; summed over ranks under torchrun). With two or more certifiers,
     verified_err["best"] is the per-sample union: a sample counts as verified if any certifier
     proves it (never above any single certifier's figure).
 
+    attack="apgd" adds "apgd_err": {eps: e}, the samples misclassified, broken by PGD or broken by
+    APGD (`apgd_steps` iterations, `apgd_restarts` starts per run) on those PGD left, so
+    pgd_err <= apgd_err <= every verified error. "pgd" (the default) runs PGD alone.
+
     The model is put in eval mode (BatchNorm uses running statistics) and left in it. Under
     torchrun (`world`) each rank evaluates its shard of the split and the counts are summed.
     """
+    if attack not in ("pgd", "apgd"):
+        raise ValueError(f"unknown attack {attack!r}; choose pgd or apgd")
     eps_grid = [float(e) for e in eps_grid]
     bounds = list(bounds)
     unknown = [b for b in bounds if b not in CERTIFIERS]
@@ -80,9 +92,13 @@ def evaluate(
         raise ValueError(f"unknown certifier(s) {unknown}; choose from {sorted(CERTIFIERS)}")
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)  # PGD restarts reproducible
+    # APGD draws from its own stream, so pgd_err is the same with attack=pgd and attack=apgd.
+    apgd_generator = torch.Generator(device=device).manual_seed(seed + 7919)
+    use_apgd = attack == "apgd"
     radii = len(eps_grid)
     misclassified_count = torch.zeros((), dtype=torch.long, device=device)
     attacked = torch.zeros(radii, dtype=torch.long, device=device)  # misclassified or PGD found one
+    apgd_attacked = torch.zeros(radii, dtype=torch.long, device=device)  # ... or APGD found one
     uncertified = torch.zeros(len(bounds), radii, dtype=torch.long, device=device)
     uncertified_by_all = torch.zeros(radii, dtype=torch.long, device=device)  # the union's misses
     seconds = [0.0] * len(bounds)
@@ -100,6 +116,15 @@ def evaluate(
                 _, hit = pgd_attack(model, x, y, eps, steps=pgd_steps, restarts=pgd_restarts, generator=generator)
                 found = found | hit
             attacked[i] += found.sum()
+            if use_apgd:
+                if eps > 0 and not bool(found.all()):
+                    left = (~found).nonzero().squeeze(1)
+                    _, hit = apgd_attack(
+                        model, x[left], y[left], eps, apgd_steps, apgd_restarts, generator=apgd_generator
+                    )
+                    found = found.clone()
+                    found[left] = hit
+                apgd_attacked[i] += found.sum()
             certified_by_any = torch.zeros_like(misclassified)
             with torch.no_grad():
                 for b, bound in enumerate(bounds):
@@ -110,22 +135,28 @@ def evaluate(
                     _wait_for(device)  # the cost of the certifier, not of its launch
                     seconds[b] += time.perf_counter() - start_time
             uncertified_by_all[i] += (~certified_by_any).sum()
-    counts = torch.cat([misclassified_count.view(1), attacked, uncertified.flatten(), uncertified_by_all])
+    counts = torch.cat(
+        [misclassified_count.view(1), attacked, apgd_attacked, uncertified.flatten(), uncertified_by_all]
+    )
     counts = sum_over_ranks(counts, world).tolist()
     seconds = sum_over_ranks(torch.tensor(seconds, dtype=torch.float64, device=device), world).tolist()
     total = max(len(split), 1)
     radius = [eps_key(e) for e in eps_grid]
     clean, attacked, counts = counts[0], counts[1 : 1 + radii], counts[1 + radii :]
+    apgd_attacked, counts = counts[:radii], counts[radii:]
     uncertified = [counts[b * radii : (b + 1) * radii] for b in range(len(bounds))]
     verified = {bound: dict(zip(radius, (n / total for n in uncertified[b]))) for b, bound in enumerate(bounds)}
     if len(bounds) > 1:
         verified[BEST] = dict(zip(radius, (n / total for n in counts[len(bounds) * radii :])))
-    return {
+    metrics = {
         "clean_err": clean / total,
         "pgd_err": dict(zip(radius, (n / total for n in attacked))),
-        "verified_err": verified,
-        "certify_seconds": {bound: round(seconds[b], 3) for b, bound in enumerate(bounds)},
     }
+    if use_apgd:
+        metrics["apgd_err"] = dict(zip(radius, (n / total for n in apgd_attacked)))
+    metrics["verified_err"] = verified
+    metrics["certify_seconds"] = {bound: round(seconds[b], 3) for b, bound in enumerate(bounds)}
+    return metrics
 
 
 def _wait_for(device) -> None:

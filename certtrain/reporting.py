@@ -25,10 +25,12 @@ class NullWriter:
 
 
 def log_eval_scalars(writer: SummaryWriter, metrics: dict, step: int) -> None:
-    """val/clean_err, val/pgd_err/eps_<e>, val/verified_err/<bound>/eps_<e>, cost/certify_seconds/<bound>."""
+    """val/clean_err, val/pgd_err/eps_<e> (and val/apgd_err/eps_<e> with eval.attack=apgd),
+    val/verified_err/<bound>/eps_<e>, cost/certify_seconds/<bound>."""
     writer.add_scalar("val/clean_err", metrics["clean_err"], step)
-    for eps, err in metrics["pgd_err"].items():
-        writer.add_scalar(f"val/pgd_err/eps_{eps}", err, step)
+    for attack in ("pgd_err", "apgd_err"):
+        for eps, err in metrics.get(attack, {}).items():
+            writer.add_scalar(f"val/{attack}/eps_{eps}", err, step)
     for bound, curve in metrics["verified_err"].items():
         for eps, err in curve.items():
             writer.add_scalar(f"val/verified_err/{bound}/eps_{eps}", err, step)
@@ -55,7 +57,7 @@ def log_hparams(writer: SummaryWriter, hparam_dict: dict, final_metrics: dict) -
 
 
 def drawdown_figure(metrics: dict, title: str = "") -> Figure:
-    """Verified error (one curve per certifier) and PGD error against eps_eval."""
+    """Verified error (one curve per certifier) and PGD (and APGD, when evaluated) error against eps_eval."""
     figure = Figure(figsize=(5, 3.5), dpi=100)
     axes = figure.subplots()
     for bound, curve in metrics["verified_err"].items():
@@ -64,6 +66,12 @@ def drawdown_figure(metrics: dict, title: str = "") -> Figure:
     pgd = metrics["pgd_err"]
     radii = sorted(pgd, key=float)
     axes.plot([float(e) for e in radii], [100 * pgd[e] for e in radii], "--", marker="x", label="PGD (lower bound)")
+    if "apgd_err" in metrics:
+        apgd = metrics["apgd_err"]
+        radii = sorted(apgd, key=float)
+        axes.plot(
+            [float(e) for e in radii], [100 * apgd[e] for e in radii], ":", marker="+", label="APGD (lower bound)"
+        )
     axes.set_xlabel("eps_eval (L-inf, pixel units)")
     axes.set_ylabel("error (%)")
     axes.set_ylim(0, 100)

@@ -414,6 +414,9 @@ def _evaluate(run: Run, split: Split, final: bool = False) -> dict:
         bounds=_eval_bounds(cfg, final),
         pgd_steps=cfg.eval.pgd_steps,
         pgd_restarts=cfg.eval.pgd_restarts,
+        attack=str(cfg.eval.attack),
+        apgd_steps=cfg.eval.apgd_steps,
+        apgd_restarts=cfg.eval.apgd_restarts,
         batch_size=cfg.eval.batch_size,
         device=run.device,
         seed=cfg.seed + run.world.rank,  # each rank's PGD restarts differ, like one longer stream
@@ -462,13 +465,15 @@ def _final_evaluation(run: Run, step: int, seconds: float) -> dict:
 
 
 def _verified_summary(metrics: dict, eps: float) -> str:
-    """'verified@0.1 ibp 0.0412 crown-ibp 0.0398  pgd 0.0210' at the grid radius closest to eps."""
+    """'verified@0.1 ibp 0.0412 crown-ibp 0.0398  pgd 0.0210' (then '  apgd 0.0230' with
+    eval.attack=apgd) at the grid radius closest to eps."""
     radii = list(metrics["pgd_err"])
     if not radii:
         return ""
     key = min(radii, key=lambda e: abs(float(e) - eps))
     verified = "  ".join(f"{bound} {curve[key]:.4f}" for bound, curve in metrics["verified_err"].items())
-    return f"verified@{key} {verified}  pgd {metrics['pgd_err'][key]:.4f}"
+    apgd = f"  apgd {metrics['apgd_err'][key]:.4f}" if "apgd_err" in metrics else ""
+    return f"verified@{key} {verified}  pgd {metrics['pgd_err'][key]:.4f}{apgd}"
 
 
 def _eval_bounds(cfg, final: bool = False) -> list[str]:

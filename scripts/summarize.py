@@ -80,6 +80,8 @@ def table(runs: dict[str, dict]) -> pd.DataFrame:
         }
         for eps, err in sorted(m["pgd_err"].items(), key=lambda item: float(item[0])):
             row[f"pgd@{eps}"] = err
+        for eps, err in sorted(m.get("apgd_err", {}).items(), key=lambda item: float(item[0])):
+            row[f"apgd@{eps}"] = err  # eval.attack=apgd runs only
         for bound, curve in m["verified_err"].items():
             for eps, err in sorted(curve.items(), key=lambda item: float(item[0])):
                 row[f"verified_{bound}@{eps}"] = err
