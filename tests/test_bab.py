@@ -68,7 +68,8 @@ def _points(x_L, x_U, count, generator):
 
 @pytest.mark.parametrize("make", [_mlp, _conv_net], ids=["mlp", "conv-bn-pool"])
 @pytest.mark.parametrize("seed", range(4))
-def test_every_sub_domain_bound_holds_at_points_inside_it(make, seed):
+@pytest.mark.parametrize("refine", [True, False], ids=["refined", "root-bounds"])
+def test_every_sub_domain_bound_holds_at_points_inside_it(make, seed, refine):
     net = make(seed)
     shape = (1, 2) if make is _mlp else (1, 1, 6, 6)
     gen = torch.Generator().manual_seed(seed)
@@ -77,7 +78,7 @@ def test_every_sub_domain_bound_holds_at_points_inside_it(make, seed):
     ops, _, out_shape = build_ops(net, None, x_L)
     c = torch.zeros(out_shape[0], dtype=DT)
     c[0], c[1] = 1.0, -1.0
-    bounder = SplitBounder(ops, x_L, x_U, c, iterations=15)
+    bounder = SplitBounder(ops, x_L, x_U, c, iterations=15, refine=refine)
     points = _points(x_L, x_U, 4000, gen)
     # Sub-domains from the sign patterns of sampled points on random subsets of the neurons, so
     # each holds at least one sample; 6 domains bounded in one batch. Points near the picked

@@ -49,6 +49,7 @@ class BabOptions:
     root_iterations: int = 50  # alpha steps at the root
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
+    refine: bool = True  # re-bound later ReLU layers' inputs per sub-domain (tighter, slower on deep nets)
     dtype: torch.dtype = torch.float64
 
     def __post_init__(self):
@@ -82,7 +83,13 @@ def robustness_bab(model, x_L, x_U, label, classes, options: BabOptions, deadlin
     check_relu_network(ops, layer_index)
     started = time.perf_counter()
     root = root_bounds(ops, x_L, x_U)
-    settings = dict(iterations=options.iterations, lr_alpha=options.lr_alpha, lr_beta=options.lr_beta, root=root)
+    settings = dict(
+        iterations=options.iterations,
+        lr_alpha=options.lr_alpha,
+        lr_beta=options.lr_beta,
+        root=root,
+        refine=options.refine,
+    )
     classes = list(classes)
     C = torch.zeros(len(classes), out_shape[0], dtype=options.dtype)
     C[:, label] = 1.0

@@ -66,8 +66,11 @@ class SplitBounder:
     rows bounded in one call). root: root_bounds(ops, x_L, x_U), shared by the rows of a box.
     """
 
-    def __init__(self, ops, x_L, x_U, c, iterations=20, lr_alpha=0.1, lr_beta=0.05, root=None):
+    def __init__(self, ops, x_L, x_U, c, iterations=20, lr_alpha=0.1, lr_beta=0.05, root=None, refine=True):
         self.ops, self.x_L, self.x_U = ops, x_L, x_U
+        # refine: recompute the input bounds of later ReLU layers on each sub-domain (tighter; one
+        # backward pass per unstable neuron and sub-domain, the cost of a sub-domain on a CNN)
+        self.refine = refine
         self.c = c.reshape(-1, 1, c.shape[-1]).to(x_L.dtype)
         self.relus = [i for i, op in enumerate(ops) if isinstance(op, ReLUOp)]
         self.iterations, self.lr_alpha, self.lr_beta = iterations, lr_alpha, lr_beta
@@ -88,7 +91,7 @@ class SplitBounder:
         empty = torch.zeros(count, dtype=torch.bool)
         for position, index in enumerate(self.relus):
             shape = bounds[index][0].shape
-            if position > 0 and any(bool(splits[i].any()) for i in self.relus[:position]):
+            if self.refine and position > 0 and any(bool(splits[i].any()) for i in self.relus[:position]):
                 bounds[index] = refine_unstable(
                     self.ops[:index], self.ops[index].in_shape, bounds, bounds[index], x_L, x_U
                 )

@@ -19,6 +19,7 @@ class BabConfig:
     batch: int = 64  # sub-domains split per bound call
     branching: str = "fsb"  # fsb | babsr | width
     iterations: int = 20  # alpha/beta steps per batch
+    refine: bool = True  # re-bound later ReLU layers per sub-domain (tighter; slower on deep CNNs)
     share: float = 0.5  # bab-milp: the fraction of time_limit branch and bound may use
 
 

@@ -128,7 +128,12 @@ def run_from_config(cfg: DictConfig) -> dict:
         tightening_time_limit=cfg.tightening_time_limit,
         solver=SolverOptions(threads=cfg.threads),
         method=cfg.verifier,
-        bab=BabOptions(batch=cfg.bab.batch, branching=cfg.bab.branching, iterations=cfg.bab.iterations),
+        bab=BabOptions(
+            batch=cfg.bab.batch,
+            branching=cfg.bab.branching,
+            iterations=cfg.bab.iterations,
+            refine=cfg.bab.refine,
+        ),
         bab_share=cfg.bab.share,
     )
     network = load_network(model_name, weights, stats)
