@@ -117,6 +117,7 @@ def apgd_attack(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Search for x' with ||x' - x||_inf <= eps, x' in [0, 1], that the model misclassifies:
+    first the ball's point nearest the grey image (one forward pass; not part of AutoAttack), then
     APGD-CE (`restarts` runs of `steps` iterations), then on the samples still unbroken APGD-DLR
     targeted at each of the `targets` highest other classes of the clean logits (at most K - 1;
     0 runs APGD-CE alone), `restarts` runs per target.
@@ -150,6 +151,14 @@ def _apgd(model, x, y, eps, steps, restarts, targets, generator):
     if eps == 0:
         return x_adv, found
     lower, upper = (x - eps).clamp(0, 1), (x + eps).clamp(0, 1)
+    # The ball's point nearest the grey image (the grey image itself once eps >= 0.5): one forward
+    # pass. Every classifier errs there on all labels but one, and neither random starts nor
+    # gradient steps need reach that corner of the ball (a sharp dip in the loss).
+    greyward = torch.minimum(torch.maximum(torch.full_like(x, 0.5), lower), upper)
+    with torch.no_grad():
+        grey_hit = (model(greyward).argmax(1) != y) & ~found
+    x_adv = _where_sample(grey_hit, greyward, x_adv)
+    found = found | grey_hit
     # The DLR normaliser needs the 4th largest logit; with fewer classes only APGD-CE runs.
     targets = min(targets, logits.shape[1] - 1) if logits.shape[1] >= 4 else 0
     # Target classes: the 2nd, 3rd, ... largest clean logits (the 1st is y for the samples attacked).

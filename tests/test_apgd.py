@@ -102,6 +102,38 @@ def test_the_grey_image_floor(digits):
     assert torch.equal(found | ~floor, torch.ones_like(found))  # each such sample, not just as many
 
 
+def _decoy(pixels: int) -> nn.Sequential:
+    """Three logits on [0, 1]^pixels with m = mean |x_i - 0.5|: z0 = 1, z1 = 20 relu(0.1 - m),
+    z2 = m. Class 0 wins everywhere except near the grey image (z1 = 2 there); the gradient of
+    the cross-entropy of class 0 points away from grey (z2 rises with m; z1 is flat outside)."""
+    first = nn.Linear(pixels, 2 * pixels)
+    second = nn.Linear(2 * pixels, 3)
+    third = nn.Linear(3, 3)
+    with torch.no_grad():
+        eye = torch.eye(pixels)
+        first.weight.copy_(torch.cat((eye, -eye)))
+        first.bias.copy_(torch.cat((torch.full((pixels,), -0.5), torch.full((pixels,), 0.5))))
+        second.weight.zero_()
+        second.weight[1].fill_(-1 / pixels)
+        second.weight[2].fill_(1 / pixels)
+        second.bias.copy_(torch.tensor([1.0, 0.1, 0.0]))
+        third.weight.copy_(torch.diag(torch.tensor([1.0, 20.0, 1.0])))
+        third.bias.zero_()
+    return nn.Sequential(nn.Flatten(), first, nn.ReLU(), second, nn.ReLU(), third)
+
+
+def test_the_grey_image_floor_holds_where_gradients_lead_away_from_grey():
+    net = _decoy(16)
+    x = torch.randint(0, 2, (64, 1, 4, 4), generator=_seeded()).float()
+    y = torch.zeros(64, dtype=torch.long)
+    with torch.no_grad():
+        assert (net(x).argmax(1) == 0).all() and net(torch.full_like(x[:1], 0.5)).argmax(1).item() == 1
+    _, found = apgd_attack(net, x, y, 0.5, steps=20, restarts=2, generator=_seeded())
+    assert found.all(), f"{int((~found).sum())} of 64 samples whose ball holds the grey image left unbroken"
+    _, found = apgd_attack(net, x, y, 0.3, steps=20, generator=_seeded())  # grey is outside these balls
+    assert not found.any()
+
+
 class Bowl(nn.Module):
     """Two logits, [0, -||x - c||^2]: for label 0 the cross-entropy peaks inside the ball, at c."""
 
