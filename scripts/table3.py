@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import logging
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -29,7 +30,11 @@ COLUMNS = [
     "estimator",
     "loss_fusion",
     "eps_train",
+    "kappa_final",
+    "ramp_epochs",
     "seed",
+    "val_clean_err",
+    "val_verified_err_0.3",
     "clean_err",
     "verified_err_0.1",
     "verified_err_0.2",
@@ -37,6 +42,10 @@ COLUMNS = [
     "verified_err_0.4",
     "verified_err_0.5",
     "pgd_err_0.3",
+    "pgd_err_0.5",
+    "apgd_err_0.3",
+    "apgd_err_0.5",
+    "apgd_samples",
     "epochs",
     "seconds",
     "command",
@@ -77,16 +86,36 @@ def best_curve(metrics: dict) -> dict[float, float]:
     return dict(sorted(best.items()))
 
 
+def _attack(run_dir: Path) -> dict:
+    """scripts/attack_runs.py's PGD/APGD figures on the first test images, if it ran."""
+    path = run_dir / "attack.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _config(run_dir: Path) -> dict:
+    path = run_dir / ".hydra" / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
 def row_of(run_dir: Path, metrics: dict, default_commit: str) -> dict:
     curve = best_curve(metrics)
+    config, attack, val = _config(run_dir), _attack(run_dir), metrics.get("val")
     row = {
         "method": metrics["method"],
         "estimator": metrics.get("gm_estimator", "all"),
         "loss_fusion": metrics.get("loss_fusion", False),
         "eps_train": metrics["eps_train"],
+        "kappa_final": config.get("method", {}).get("kappa_final", ""),
+        "ramp_epochs": config.get("schedule", {}).get("ramp_epochs", ""),
         "seed": metrics["seed"],
+        "val_clean_err": val["clean_err"] if val else "",
+        "val_verified_err_0.3": best_curve(val).get(0.3, "") if val else "",
         "clean_err": metrics["clean_err"],
         "pgd_err_0.3": metrics["pgd_err"].get("0.3", ""),
+        "pgd_err_0.5": metrics["pgd_err"].get("0.5", ""),
+        "apgd_err_0.3": attack.get("apgd_err", {}).get("0.3", ""),
+        "apgd_err_0.5": attack.get("apgd_err", {}).get("0.5", ""),
+        "apgd_samples": attack.get("samples", ""),
         "epochs": metrics["epochs"],
         "seconds": metrics["seconds"],
         "command": command_of(run_dir),
@@ -106,6 +135,16 @@ def label(row: dict) -> str:
     return " ".join(parts) + f" (seed {row['seed']})"
 
 
+def degenerate(row: dict) -> bool:
+    """A single-radius loss with kappa_final 0 at eps_train >= 0.5: its optimum is the constant
+    classifier (every ball holds the grey image), so the row is not a baseline."""
+    return row["method"] in ("ibp", "crown_ibp") and row["kappa_final"] == 0 and row["eps_train"] >= 0.5
+
+
+def _pct(value) -> str:
+    return "-" if value == "" or value is None else f"{100 * float(value):.2f}"
+
+
 def drawdown(rows_and_curves, eps_train: float) -> Figure:
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.subplots()
@@ -120,24 +159,85 @@ def drawdown(rows_and_curves, eps_train: float) -> Figure:
     return figure
 
 
+RADII = (0.1, 0.2, 0.3, 0.4, 0.5)
+# Liang et al. 2023, Table 3, MNIST, eps_train 0.5: standard, verified at 0.2 / 0.3 / 0.4 (%).
+PUBLISHED = {
+    0.5: {
+        "IBP": (46.38, 62.79, 72.14, 81.92),
+        "CROWN-IBP": (17.13, 36.19, 48.55, 65.48),
+        "GM-CROWN-IBP": (7.98, 16.00, 24.03, 43.73),
+    }
+}
+MEASURES = (
+    ["clean_err"]
+    + [f"verified_err_{e}" for e in RADII]
+    + ["pgd_err_0.3", "apgd_err_0.3", "pgd_err_0.5", "apgd_err_0.5"]
+)
+MEASURE_NAMES = ["standard"] + [f"verified {e}" for e in RADII] + ["PGD 0.3", "APGD 0.3", "PGD 0.5", "APGD 0.5"]
+
+
 def table_markdown(rows: list[dict], eps_train: float) -> list[str]:
-    """Table 3's layout: one line per run, errors in %, sorted by method."""
-    radii = (0.1, 0.2, 0.3, 0.4, 0.5)
+    """One line per run, errors in %, sorted by method; kappa-0 single-radius rows marked."""
     lines = [
-        f"### eps_train {eps_train:g}",
+        f"### eps_train {eps_train:g}: every run",
         "",
-        "| run | standard | " + " | ".join(f"verified {e}" for e in radii) + " | PGD 0.3 | epochs | minutes | commit |",
-        "| --- |" + " --- |" * (len(radii) + 5),
+        "| run | kappa_final | ramp | val verified 0.3 | "
+        + " | ".join(MEASURE_NAMES)
+        + " | epochs | minutes | commit |",
+        "| --- |" + " --- |" * (len(MEASURES) + 6),
     ]
-    for row in sorted(rows, key=lambda r: (r["method"], r["estimator"], r["loss_fusion"], r["seed"])):
-        cells = [label(row), f"{100 * row['clean_err']:.2f}"]
-        cells += [f"{100 * row[f'verified_err_{e}']:.2f}" if row[f"verified_err_{e}"] != "" else "-" for e in radii]
-        cells += [
-            f"{100 * row['pgd_err_0.3']:.2f}" if row["pgd_err_0.3"] != "" else "-",
-            str(row["epochs"]),
-            f"{row['seconds'] / 60:.1f}",
-            row["commit"],
-        ]
+    key = lambda r: (
+        r["method"],
+        r["estimator"],
+        r["loss_fusion"],
+        str(r["kappa_final"]),
+        str(r["ramp_epochs"]),
+        r["seed"],
+    )
+    for row in sorted(rows, key=key):
+        name = label(row) + (" *degenerate objective*" if degenerate(row) else "")
+        cells = [name, f"{row['kappa_final']:g}", f"{row['ramp_epochs']:g}", _pct(row["val_verified_err_0.3"])]
+        cells += [_pct(row[m]) for m in MEASURES]
+        cells += [str(row["epochs"]), f"{row['seconds'] / 60:.1f}", row["commit"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _config_key(row: dict) -> tuple:
+    return (row["method"], row["estimator"], row["loss_fusion"], row["kappa_final"], row["ramp_epochs"], row["epochs"])
+
+
+def seeds_markdown(rows: list[dict], eps_train: float) -> list[str]:
+    """Mean +- sd (sample sd over seeds) of each configuration run with two or more seeds, beside
+    the published rows."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(_config_key(row), []).append(row)
+    seeded = {k: v for k, v in groups.items() if len({r["seed"] for r in v}) >= 2}
+    if not seeded:
+        return []
+    lines = [
+        f"### eps_train {eps_train:g}: mean +- sd over seeds",
+        "",
+        "| configuration | seeds | " + " | ".join(MEASURE_NAMES) + " |",
+        "| --- | --- |" + " --- |" * len(MEASURES),
+    ]
+    for name, published in PUBLISHED.get(eps_train, {}).items():
+        standard, *verified = published
+        cells = [f"{name}, published", "", f"{standard:.2f}", "", *(f"{v:.2f}" for v in verified), "", ""]
+        lines.append("| " + " | ".join(cells + [""] * (len(MEASURES) + 2 - len(cells))) + " |")
+    for key in sorted(seeded, key=str):
+        group = seeded[key]
+        method, estimator, fusion, kappa, ramp, _ = key
+        name = " ".join([method] + ([estimator] if estimator != "all" else []) + (["fused"] if fusion else []))
+        name += f", kappa_final {kappa:g}, ramp {ramp:g}"
+        cells = [name, ", ".join(str(r["seed"]) for r in sorted(group, key=lambda r: r["seed"]))]
+        for measure in MEASURES:
+            values = [100 * float(r[measure]) for r in group if r[measure] != ""]
+            if len(values) >= 2:
+                cells.append(f"{statistics.mean(values):.2f} +- {statistics.stdev(values):.2f}")
+            else:
+                cells.append(f"{values[0]:.2f}" if values else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -172,6 +272,7 @@ def main(argv=None) -> None:
     for eps_train in sorted({row["eps_train"] for row in rows}):
         picked = [(row, curve) for row, curve in curves if row["eps_train"] == eps_train]
         drawdown(picked, eps_train).savefig(args.out / f"fig3_eps{eps_train:g}.png", dpi=120)
+        markdown += seeds_markdown([row for row, _ in picked], eps_train)
         markdown += table_markdown([row for row, _ in picked], eps_train)
     (args.out / "table3.md").write_text("\n".join(markdown) + "\n")
     log.info("%d runs -> %s", len(rows), args.out / "table3.csv")
