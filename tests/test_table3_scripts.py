@@ -1,0 +1,70 @@
+"""scripts/table3.py (mean +- sd over seeds, degenerate rows marked) and scripts/attack_runs.py
+(PGD and APGD on a finished run folder)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from tests.test_training_cli import TINY, run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _fake_run(folder: Path, method: str, kappa: float, seed: int, clean: float, verified: float) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    config = {"method": {"name": method, "kappa_final": kappa}, "schedule": {"ramp_epochs": 10.0}}
+    (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"method={method}", f"seed={seed}"]))
+    curve = {f"{e:g}": verified for e in (0.1, 0.2, 0.3, 0.4, 0.5)}
+    split = {"clean_err": clean, "pgd_err": {"0.3": clean, "0.5": clean}, "verified_err": {"ibp": curve}}
+    metrics = {**split, "val": split, "method": method, "eps_train": 0.5, "seed": seed, "epochs": 20, "seconds": 60}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    attack = {"samples": 100, "apgd_err": {"0.3": clean + 0.01, "0.5": 0.9}}
+    (folder / "attack.json").write_text(json.dumps(attack))
+
+
+def test_table3_gives_mean_and_sd_over_seeds_and_marks_the_degenerate_rows(tmp_path):
+    for seed, clean in enumerate((0.1, 0.2, 0.3)):
+        _fake_run(tmp_path / "runs" / "ibp" / f"seed{seed}", "ibp", 0.5, seed, clean, 0.5)
+    _fake_run(tmp_path / "runs" / "collapsed", "ibp", 0.0, 0, 0.8865, 0.8865)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "table3.py"), str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = (tmp_path / "out" / "table3.md").read_text()
+    seeded = [line for line in table.splitlines() if line.startswith("| ibp, kappa_final 0.5")]
+    assert len(seeded) == 1
+    cells = [c.strip() for c in seeded[0].strip("|").split("|")]
+    assert cells[1] == "0, 1, 2"
+    assert cells[2] == "20.00 +- 10.00"  # standard error of 10, 20, 30%
+    assert cells[3] == "50.00 +- 0.00"
+    assert cells[9] == "21.00 +- 10.00"  # APGD at 0.3
+    degenerate = [line for line in table.splitlines() if "degenerate objective" in line]
+    assert len(degenerate) == 1 and "| 0 |" in degenerate[0]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "table3.csv")))
+    assert {r["seed"] for r in rows} == {"0", "1", "2"} and all(r["val_verified_err_0.3"] for r in rows)
+
+
+def test_attack_runs_writes_pgd_and_apgd_figures_into_the_run_folder(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    trained = run_cli("method=ibp", *TINY, f"data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    command = [sys.executable, str(ROOT / "scripts" / "attack_runs.py"), str(run_dir), "--data-dir", str(data_dir)]
+    result = subprocess.run(command + ["--samples", "8", "--steps", "3"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    attack = json.loads((run_dir / "attack.json").read_text())
+    assert attack["samples"] == 8 and set(attack["apgd_err"]) == {"0.3", "0.5"}
+    for eps in ("0.3", "0.5"):
+        assert attack["clean_err"] <= attack["pgd_err"][eps] <= attack["apgd_err"][eps] <= 1.0
+    too_many = subprocess.run(command + ["--samples", "17"], capture_output=True, text=True, timeout=300)
+    assert too_many.returncode != 0 and "test set has 16 images" in too_many.stderr
