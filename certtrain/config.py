@@ -16,8 +16,10 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
+from certtrain.bab.certifier import BAB_SECONDS
 from certtrain.choice import Choice
 from certtrain.errors import ConfigError
+from certtrain.lipschitz.zoo import LIPSCHITZ_ARCHITECTURES
 from certtrain.losses import GM_ESTIMATORS as _ESTIMATORS
 from certtrain.methods import METHODS, MethodConfig, get_method
 
@@ -106,6 +108,7 @@ class EvalConfig:
     attack: EvalAttack = EvalAttack.pgd
     apgd_steps: int = 100  # iterations per APGD run (the paper's 100); each is a forward and backward pass
     apgd_restarts: int = 1  # random starts per APGD-CE run and per target of APGD-T (9 targets)
+    bab_seconds: float = BAB_SECONDS  # certifier bab: branch-and-bound time per sample and radius
     batch_size: int = 500
 
 
@@ -250,6 +253,16 @@ def check_config(cfg: Any, certifiers=EVAL_BOUNDS) -> None:
             raise ConfigError(f"eval.eps_grid={list(cfg.eval.eps_grid)} has a negative radius; use radii >= 0")
     for bound in [*cfg.eval.bounds, *(cfg.eval.final_bounds or [])]:
         _check_choice("eval.bounds / eval.final_bounds entry", bound, sorted(certifiers))
+    if "bab" in [*cfg.eval.bounds, *(cfg.eval.final_bounds or [])]:
+        if not cfg.eval.bab_seconds > 0:
+            raise ConfigError(
+                f"eval.bab_seconds={cfg.eval.bab_seconds}: give branch and bound a positive time per sample"
+            )
+        if cfg.model.name in LIPSCHITZ_ARCHITECTURES:
+            raise ConfigError(
+                f"certifier bab splits ReLUs and model={cfg.model.name} has none (GroupSort); "
+                "drop bab from eval.bounds / eval.final_bounds for this model"
+            )
     _check_choice("eval.attack", cfg.eval.attack, EVAL_ATTACKS)
     attack_counts = {
         "eval.pgd_restarts": cfg.eval.pgd_restarts,

@@ -17,6 +17,7 @@ from torch import nn
 
 from certtrain.apgd import apgd_attack
 from certtrain.attacks import pgd_attack
+from certtrain.bab.certifier import bab_certifier
 from certtrain.bounds import certified, lower_bounds, margin_spec
 from certtrain.data import Split, to_float
 from certtrain.distributed import SINGLE, World, sum_over_ranks
@@ -45,6 +46,8 @@ CERTIFIERS: dict[str, Certifier] = {
 
 
 CERTIFIERS[lipschitz_method.CERTIFIER_NAME] = certifier(lipschitz_method.certifier)
+# Branch and bound, BAB_SECONDS per sample and radius; training builds it with eval.bab_seconds.
+CERTIFIERS["bab"] = bab_certifier()
 # The per-sample union of the evaluation's certifiers: certified if any of them proves it.
 BEST = "best"
 
@@ -69,6 +72,7 @@ def evaluate(
     attack: str = "pgd",
     apgd_steps: int = 100,
     apgd_restarts: int = 1,
+    certifiers: dict[str, Certifier] | None = None,
 ) -> dict:
     """{"clean_err": e, "pgd_err": {eps: e}, ["apgd_err": {eps: e},] "verified_err": {bound: {eps: e}},
     "certify_seconds": {bound: s}} with eps keys %g; certify_seconds is each certifier's time over
@@ -80,6 +84,8 @@ def evaluate(
     APGD (`apgd_steps` iterations, `apgd_restarts` starts per run) on those PGD left, so
     pgd_err <= apgd_err <= every verified error. "pgd" (the default) runs PGD alone.
 
+    certifiers: the table `bounds` names are looked up in (default CERTIFIERS).
+
     The model is put in eval mode (BatchNorm uses running statistics) and left in it. Under
     torchrun (`world`) each rank evaluates its shard of the split and the counts are summed.
     """
@@ -87,9 +93,10 @@ def evaluate(
         raise ValueError(f"unknown attack {attack!r}; choose pgd or apgd")
     eps_grid = [float(e) for e in eps_grid]
     bounds = list(bounds)
-    unknown = [b for b in bounds if b not in CERTIFIERS]
+    table = CERTIFIERS if certifiers is None else certifiers
+    unknown = [b for b in bounds if b not in table]
     if unknown:
-        raise ValueError(f"unknown certifier(s) {unknown}; choose from {sorted(CERTIFIERS)}")
+        raise ValueError(f"unknown certifier(s) {unknown}; choose from {sorted(table)}")
     model.eval()
     generator = torch.Generator(device=device).manual_seed(seed)  # PGD restarts reproducible
     # APGD draws from its own stream, so pgd_err is the same with attack=pgd and attack=apgd.
@@ -129,7 +136,7 @@ def evaluate(
             with torch.no_grad():
                 for b, bound in enumerate(bounds):
                     start_time = time.perf_counter()
-                    certified = CERTIFIERS[bound](model, x, y, eps, num_classes)
+                    certified = table[bound](model, x, y, eps, num_classes)
                     uncertified[b, i] += (~certified).sum()
                     certified_by_any |= certified
                     _wait_for(device)  # the cost of the certifier, not of its launch

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from certtrain.atomic import atomic_write_text
 from certtrain.augment import random_crop_flip
+from certtrain.bab.certifier import bab_certifier
 from certtrain.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from certtrain.config import ConfigError, check_config, eval_grid, structured_config, train_eps
 from certtrain.data import Split, to_float
@@ -417,6 +418,7 @@ def _evaluate(run: Run, split: Split, final: bool = False) -> dict:
         attack=str(cfg.eval.attack),
         apgd_steps=cfg.eval.apgd_steps,
         apgd_restarts=cfg.eval.apgd_restarts,
+        certifiers={**CERTIFIERS, "bab": bab_certifier(cfg.eval.bab_seconds)},
         batch_size=cfg.eval.batch_size,
         device=run.device,
         seed=cfg.seed + run.world.rank,  # each rank's PGD restarts differ, like one longer stream

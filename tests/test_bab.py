@@ -246,3 +246,40 @@ def test_bab_then_milp_hands_over_what_branch_and_bound_leaves():
     both = verify(net, x, label, VerifyOptions(eps=0.2, time_limit=30, method="bab-milp", bab_share=1e-6))
     assert both.status == exact.status
     assert both.resolved_by != "bab" or both.status == "adversarial"
+
+
+def test_the_bab_certifier_proves_what_crown_proves_and_more_and_only_what_holds():
+    from certtrain.attacks import pgd_attack
+    from certtrain.bab.certifier import bab_certifier
+    from certtrain.evaluate import CERTIFIERS
+
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 4))
+    x = torch.rand(40, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = net(x).argmax(1)  # every sample correct: the certificates decide
+    eps = 0.15
+    crown = CERTIFIERS["crown"](net, x, y, eps, 4)
+    bab = bab_certifier(seconds=10)(net, x, y, eps, 4)
+    assert (bab | ~crown).all(), "a sample CROWN proves is not proved by branch and bound"
+    assert bab.sum() > crown.sum(), "the instances should hold samples only branch and bound proves"
+    _, broken = pgd_attack(net, x, y, eps, steps=50, restarts=3, generator=torch.Generator().manual_seed(0))
+    assert broken.any() and not (bab & broken).any()
+    for i in (~bab).nonzero().flatten().tolist():  # what bab leaves is exactly what the MILP finds attackable
+        exact = verify(net.double(), x[i : i + 1].double(), int(y[i]), VerifyOptions(eps=eps, time_limit=30))
+        net.float()
+        assert exact.status == "adversarial", f"sample {i}: bab gave up on a robust sample ({exact.status})"
+    with pytest.raises(ValueError, match="positive time"):
+        bab_certifier(seconds=0)
+
+
+def test_the_pool_reports_its_worst_bound_after_it_was_emptied_and_refilled():
+    from certtrain.bab.search import _Pool
+
+    pool = _Pool([1])
+    domain = dict(splits={1: torch.zeros(2, 3)}, slopes={1: torch.zeros(2, 3)}, betas={1: torch.zeros(2, 3)})
+    pool.push(**domain, lower=torch.tensor([-1.0, -2.0]), layer=torch.ones(2), neuron=torch.zeros(2))
+    pool.pop(2)  # every sub-domain taken: an empty chunk stays
+    assert len(pool) == 0 and pool.worst() == float("inf")
+    pool.push(**domain, lower=torch.tensor([-0.5, -0.25]), layer=torch.ones(2), neuron=torch.zeros(2))
+    assert pool.worst() == -0.5

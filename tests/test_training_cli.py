@@ -107,6 +107,36 @@ def test_final_evaluation_may_use_alpha_crown_and_logs_each_certifiers_cost(data
     assert {f"cost/certify_seconds/{b}" for b in ("ibp", "crown-ibp", "alpha-crown")} <= scalar_tags(tmp_path)
 
 
+def test_final_evaluation_may_certify_by_branch_and_bound(data_dir, tmp_path):
+    cfg = compose_config(
+        "method=ibp",
+        *TINY,
+        f"data_dir={data_dir}",
+        "eval.every=0",
+        "eval.final_bounds=[ibp,bab]",
+        "eval.bab_seconds=0.5",
+    )
+    metrics = train(cfg, run_dir=tmp_path)
+    assert set(metrics["verified_err"]) == {"ibp", "bab", "best"}
+    for eps, bab in metrics["verified_err"]["bab"].items():
+        assert metrics["pgd_err"][eps] <= bab <= 1.0
+        assert metrics["verified_err"]["best"][eps] <= min(bab, metrics["verified_err"]["ibp"][eps])
+    assert metrics["certify_seconds"]["bab"] > 0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["eval.final_bounds=[ibp,bab]", "eval.bab_seconds=0"], "eval.bab_seconds=0"),
+        (["eval.final_bounds=[bab]", "method=lipschitz", "model=lipschitz_mlp"], "has none"),
+    ],
+)
+def test_bad_branch_and_bound_evaluation_names_the_fix(data_dir, tmp_path, overrides, message):
+    cfg = compose_config("method=ibp", *TINY, f"data_dir={data_dir}", *overrides)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, run_dir=tmp_path)
+
+
 def test_unknown_final_certifier_is_a_config_error(data_dir, tmp_path):
     cfg = compose_config("method=ibp", *TINY, f"data_dir={data_dir}", "eval.final_bounds=[ibp,beta-crown]")
     with pytest.raises(ConfigError, match="eval.final_bounds entry.*beta-crown"):

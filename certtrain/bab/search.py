@@ -98,7 +98,8 @@ class _Pool:
         return picked
 
     def worst(self) -> float:
-        return float(min(t.min() for t in self.lower)) if len(self) else float("inf")
+        # pop() leaves an empty chunk when it takes every sub-domain; later pushes add to it
+        return float(min(t.min() for t in self.lower if len(t))) if len(self) else float("inf")
 
 
 def _children(picked, relus, layer, neuron):
