@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -11,6 +13,7 @@ from torch import nn
 from certtrain.verify import VerifyOptions, verify
 from certtrain.verify.encoding import Milp, SolverOptions
 from certtrain.verify.perturbations import linf_ball
+from certtrain.verify.solvers import SOLVERS
 
 
 def test_binaries_only_for_unstable_relus():
@@ -20,20 +23,24 @@ def test_binaries_only_for_unstable_relus():
     upper = np.array([-0.1, 2.0, 1.0, 0.5])  # inactive, active, unstable, unstable
     out, out_const = milp.relu(expr, const, lower, upper)
     assert milp.num_binaries == 2
-    assert milp.highs.getNumRow() == 3 * 2  # three rows per unstable ReLU (y >= 0 is a bound)
+    assert milp.solver.num_rows == 3 * 2  # three rows per unstable ReLU (y >= 0 is a bound)
     dense = out.toarray()
     assert not dense[0].any()  # inactive: constant zero
     np.testing.assert_array_equal(dense[1, :4], [0, 1, 0, 0])  # active: the input passes through
     assert dense[2, :4].sum() == 0 and dense[2].sum() == 1  # unstable: a fresh y variable
 
 
-def test_encoded_relu_is_exact_at_its_vertices():
-    """Fixing the binary gives y = relu(x) on both sides of 0."""
-    milp = Milp(linf_ball(torch.full((1, 1), 0.5), 0.5), SolverOptions())
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_encoded_relu_is_exact_at_its_vertices(solver):
+    """Fixing the binary gives y = relu(x) on both sides of 0 (each solver; a row pins x)."""
+    pytest.importorskip({"highs": "highspy", "scip": "pyscipopt", "gurobi": "gurobipy"}[solver])
+    milp = Milp(linf_ball(torch.full((1, 1), 0.5), 0.5), SolverOptions(name=solver))
     out, _ = milp.relu(sp.csr_matrix([[2.0]]), np.array([-1.0]), np.array([-1.0]), np.array([1.0]))
     milp.set_integral(True)
+    pin = np.zeros(0, dtype=np.int64)
     for x_value in (0.1, 0.4, 0.7, 0.95):
-        milp.highs.changeColBounds(0, x_value, x_value)
+        milp.relax_rows(pin)
+        pin = milp.add_rows(sp.csr_matrix(([1.0], ([0], [0])), shape=(1, milp.num_cols)), [x_value], [x_value])
         low = milp.minimize(out, 0.0, 10).value
         high = -milp.minimize(-out, 0.0, 10).value
         assert low == pytest.approx(max(2 * x_value - 1, 0), abs=1e-7)
@@ -85,3 +92,12 @@ def test_maxpool_encoding_matches_its_relu_form(seed):
     assert a.status == b.status == "adversarial"
     assert a.bound == pytest.approx(b.bound, rel=1e-3, abs=1e-6)
     assert a.stats["unstable_final"] > 0 and b.stats["unstable_final"] > 0
+
+
+def test_unknown_or_missing_solvers_name_the_fix(monkeypatch):
+    with pytest.raises(ValueError, match=r"unknown MIP solver 'cplex'; choose one of"):
+        VerifyOptions(solver="cplex")
+    monkeypatch.setitem(sys.modules, "pyscipopt", None)  # as if the extra were not installed
+    with pytest.raises(ValueError, match=r"pip install 'certtrain\[scip\]'"):
+        VerifyOptions(solver="scip")
+    assert VerifyOptions(solver="highs").solver.name == "highs"

@@ -18,6 +18,7 @@ from scipy.optimize import linprog
 from torch import nn
 
 from certtrain.verify import VerifyOptions, verify
+from certtrain.verify.encoding import SolverOptions
 
 TOL = 1e-6
 
@@ -139,10 +140,23 @@ def _min_margin(seed, eps):
     return brute_min_margin(net, np.clip(x64 - eps, 0, 1), np.clip(x64 + eps, 0, 1), label)
 
 
+def _solver(name: str) -> SolverOptions:
+    """HiGHS always; SCIP and Gurobi where their extras are installed."""
+    pytest.importorskip({"highs": "highspy", "scip": "pyscipopt", "gurobi": "gurobipy"}[name])
+    return SolverOptions(name=name)
+
+
+# Every solver on the cases that need MIP solves (tightening=mip, and the MIP after the LP).
+SOLVER_CASES = [("highs", t) for t in ("ibp", "crown", "lp", "mip")] + [
+    (s, t) for s in ("scip", "gurobi") for t in ("lp", "mip")
+]
+
+
 @pytest.mark.parametrize("seed", (9, 11, 20, 39))
-@pytest.mark.parametrize("tightening", ["ibp", "crown", "lp", "mip"])
-def test_robustness_matches_brute_force(seed, tightening):
+@pytest.mark.parametrize("solver, tightening", SOLVER_CASES)
+def test_robustness_matches_brute_force(seed, solver, tightening):
     """Radii just inside and just outside the minimum distortion, decided by the brute force too."""
+    solver = _solver(solver)
     net, x, label = _case(seed)
     radius = _min_linf(seed)
     assert np.isfinite(radius)
@@ -151,7 +165,8 @@ def test_robustness_matches_brute_force(seed, tightening):
             continue
         truth = _min_margin(seed, eps)
         assert (truth > TOL) == (eps < radius)
-        r = verify(net, x, label, VerifyOptions(eps=float(eps), tightening=tightening, pgd_steps=0, time_limit=30))
+        options = VerifyOptions(eps=float(eps), tightening=tightening, pgd_steps=0, time_limit=30, solver=solver)
+        r = verify(net, x, label, options)
         assert r.status == ("robust" if truth > 0 else "adversarial"), (eps, truth, r)
         if r.status == "adversarial":
             assert r.adversarial is not None and r.witness_verified
@@ -165,7 +180,9 @@ def test_mip_decides_where_the_lp_relaxation_cannot():
 
 @pytest.mark.parametrize("seed", SEEDS[:4])
 @pytest.mark.parametrize("norm", ["linf", "l1"])
-def test_min_distortion_matches_brute_force(seed, norm):
+@pytest.mark.parametrize("solver", ["highs", "scip", "gurobi"])
+def test_min_distortion_matches_brute_force(seed, norm, solver):
+    solver = _solver(solver)
     net, x, label = _case(seed)
     x64 = x.double().numpy()[0]
     truth = brute_min_distortion(net, x64, np.zeros(3), np.ones(3), label, norm)
@@ -174,7 +191,9 @@ def test_min_distortion_matches_brute_force(seed, norm):
         net,
         x,
         label,
-        VerifyOptions(eps=None, perturbation="unrestricted", objective="min_distortion", norm=norm, time_limit=30),
+        VerifyOptions(
+            eps=None, perturbation="unrestricted", objective="min_distortion", norm=norm, time_limit=30, solver=solver
+        ),
     )
     assert r.status == "adversarial"
     assert r.bound == pytest.approx(truth, rel=1e-3, abs=1e-5)

@@ -40,6 +40,7 @@ class VerifyConfig:
     blur_kernel_size: int = 3
     targets: Optional[List[int]] = None  # null: untargeted
     tightening: str = "lp"  # ibp | crown | lp | mip
+    solver: str = "highs"  # MIP solver: highs | scip (certtrain[scip]) | gurobi (certtrain[gurobi])
     # milp | bab (PGD, alpha-CROWN, branch and bound) | bab-milp (then the MILP); VerifyOptions.method.
     # Not "method": conf/method is the training methods' group, which Hydra would read it as.
     verifier: str = "milp"
@@ -47,7 +48,7 @@ class VerifyConfig:
     time_limit: float = 120.0  # seconds per sample
     tightening_time_limit: float = 1.0  # seconds per LP / MIP bound solve
     rerun: str = "never"  # never | always | timeouts | unresolved
-    threads: int = 1  # HiGHS and torch threads
+    threads: int = 1  # MIP solver and torch threads
     pgd_steps: int = 50  # the PGD-error column (and verify's own attack uses 40)
     pgd_restarts: int = 3
     # false: skip the per-sample reference columns (PGD pgd_steps x pgd_restarts, IBP, CROWN), which

@@ -1,4 +1,5 @@
-"""The mixed-integer formulation of a ReLU network on HiGHS, built with sparse matrices in bulk.
+"""The mixed-integer formulation of a ReLU network, built with sparse matrices in bulk and solved
+by a backend of certtrain.verify.solvers (HiGHS by default, SCIP or Gurobi on request).
 
 Values are kept as affine expressions A z + c over the solver's columns z (the perturbation's
 variables, then one y and one binary per unstable ReLU, ...): an affine layer maps the
@@ -14,20 +15,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import highspy
 import numpy as np
 import scipy.sparse as sp
 
 from certtrain.verify.perturbations import InputDomain
+from certtrain.verify.solvers import check_solver, new_backend
 
 log = logging.getLogger(__name__)
-INF = highspy.kHighsInf
+INF = np.inf
 
 
 @dataclass
 class SolverOptions:
-    """HiGHS settings; the tolerances are HiGHS's own (absolute, on the scaled model)."""
+    """The MIP solver and its settings; tolerances are absolute, as each solver reads them."""
 
+    name: str = "highs"  # highs | scip | gurobi (certtrain.verify.solvers.SOLVERS)
     threads: int = 1
     primal_feasibility_tolerance: float = 1e-7
     dual_feasibility_tolerance: float = 1e-7
@@ -38,17 +40,8 @@ class SolverOptions:
     # a solver tolerance cannot turn an unstable ReLU into a wrongly stable one.
     bound_padding: float = 1e-6
 
-
-def new_highs(options: SolverOptions) -> highspy.Highs:
-    highs = highspy.Highs()
-    highs.setOptionValue("output_flag", False)
-    highs.setOptionValue("threads", int(options.threads))
-    highs.setOptionValue("primal_feasibility_tolerance", options.primal_feasibility_tolerance)
-    highs.setOptionValue("dual_feasibility_tolerance", options.dual_feasibility_tolerance)
-    highs.setOptionValue("mip_feasibility_tolerance", options.mip_feasibility_tolerance)
-    highs.setOptionValue("mip_rel_gap", options.mip_rel_gap)
-    highs.setOptionValue("mip_abs_gap", options.mip_abs_gap)
-    return highs
+    def __post_init__(self):
+        check_solver(self.name)
 
 
 def widen(expr: sp.csr_matrix, num_cols: int) -> sp.csr_matrix:
@@ -67,15 +60,14 @@ class Solution:
 
 
 class Milp:
-    """One HiGHS model that grows layer by layer; binaries stay continuous until `set_integral`."""
+    """One solver model that grows layer by layer; binaries stay continuous until `set_integral`."""
 
     def __init__(self, domain: InputDomain, options: SolverOptions):
         self.options = options
-        self.highs = new_highs(options)
+        self.solver = new_backend(options)
         self.col_lower = np.zeros(0)
         self.col_upper = np.zeros(0)
         self.binaries = np.zeros(0, dtype=np.int64)
-        self.cost_cols = np.zeros(0, dtype=np.int64)
         self.integral = False
         self.input_cols = self.add_cols(domain.var_lower, domain.var_upper)
         if domain.rows is not None:
@@ -94,25 +86,17 @@ class Milp:
         lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
         first = self.num_cols
         if len(lower):
-            self.highs.addVars(len(lower), lower, upper)
+            self.solver.add_cols(lower, upper)
         self.col_lower = np.concatenate([self.col_lower, lower])
         self.col_upper = np.concatenate([self.col_upper, upper])
         return np.arange(first, first + len(lower))
 
     def add_rows(self, matrix: sp.spmatrix, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
         matrix = widen(sp.csr_matrix(matrix), self.num_cols)
-        first = self.highs.getNumRow()
+        first = self.solver.num_rows
         if matrix.shape[0]:
-            matrix.sort_indices()
-            self.highs.addRows(
-                matrix.shape[0],
-                np.asarray(lower, dtype=np.float64),
-                np.asarray(upper, dtype=np.float64),
-                matrix.nnz,
-                matrix.indptr.astype(np.int32),
-                matrix.indices.astype(np.int32),
-                matrix.data,
-            )
+            lower, upper = np.asarray(lower, dtype=np.float64), np.asarray(upper, dtype=np.float64)
+            self.solver.add_rows(matrix, lower, upper)
         return np.arange(first, first + matrix.shape[0])
 
     def expression_box(self, expr: sp.csr_matrix, const: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -186,14 +170,15 @@ class Milp:
             pieces.append(expr[ref] if kind == "expr" else sp.csr_matrix(([1.0], ([0], [ref])), shape=(1, n)))
         return sp.vstack(pieces, format="csr"), out_const
 
+    def relax_rows(self, rows: np.ndarray) -> None:
+        """Drop rows from the model (their bounds become -inf, inf); indices stay valid."""
+        if len(rows):
+            self.solver.relax_rows(np.asarray(rows))
+
     def set_integral(self, integral: bool) -> None:
         self.integral = integral
-        if not self.num_binaries:
-            return
-        kind = highspy.HighsVarType.kInteger if integral else highspy.HighsVarType.kContinuous
-        self.highs.changeColsIntegrality(
-            self.num_binaries, self.binaries.astype(np.int32), np.array([kind] * self.num_binaries)
-        )
+        if self.num_binaries:
+            self.solver.set_integrality(self.binaries, integral)
 
     def minimize(
         self, cost: sp.csr_matrix, offset: float, time_limit: float, cutoff: float = INF, first_solution: bool = False
@@ -201,39 +186,6 @@ class Milp:
         """Minimise cost z + offset. cutoff: only points below it count (also stops the dual simplex
         once its bound passes it); first_solution: stop a MIP at its first improving point."""
         cost = widen(sp.csr_matrix(cost), self.num_cols)
-        if len(self.cost_cols):
-            self.highs.changeColsCost(
-                len(self.cost_cols), self.cost_cols.astype(np.int32), np.zeros(len(self.cost_cols))
-            )
-        cols = cost.indices.astype(np.int32)
-        self.highs.changeColsCost(len(cols), cols, cost.data.astype(np.float64))
-        self.cost_cols = cols
-        self.highs.changeObjectiveOffset(float(offset))
-        self.highs.setOptionValue("time_limit", max(float(time_limit), 1e-3))
-        self.highs.setOptionValue("objective_bound", float(cutoff))
-        self.highs.setOptionValue("mip_max_improving_sols", 1 if first_solution else 2147483647)
-        self.highs.run()
-        return self._solution()
-
-    def _solution(self) -> Solution:
-        status = self.highs.getModelStatus()
-        info = self.highs.getInfo()
-        names = highspy.HighsModelStatus
-        has_point = info.primal_solution_status == highspy.kSolutionStatusFeasible
-        z = np.asarray(self.highs.getSolution().col_value, dtype=np.float64) if has_point else None
-        value = info.objective_function_value if has_point else None
+        cost.sum_duplicates()
         is_mip = self.integral and self.num_binaries > 0
-        if status == names.kOptimal:
-            bound = info.mip_dual_bound if is_mip else value
-            return Solution("optimal", value, min(bound, value) if value is not None else bound, z)
-        if status == names.kInfeasible:
-            return Solution("infeasible", None, INF, None)
-        if status == names.kObjectiveBound:
-            return Solution("cutoff", value, None, z)
-        if status in (names.kSolutionLimit, names.kInterrupt):
-            return Solution("solution_limit", value, info.mip_dual_bound if is_mip else None, z)
-        if status in (names.kTimeLimit, names.kIterationLimit):
-            bound = info.mip_dual_bound if is_mip else None
-            return Solution("time_limit", value, bound if bound is not None and np.isfinite(bound) else None, z)
-        log.warning("HiGHS returned model status %s", self.highs.modelStatusToString(status))
-        return Solution("error", value, None, z)
+        return self.solver.solve(cost, offset, time_limit, cutoff, first_solution, is_mip)

@@ -53,9 +53,7 @@ def _target_rows(form: Formulation, label: int, target: int | None):
 
 def _release(form: Formulation, rows) -> None:
     if rows is not None and len(rows):
-        form.milp.highs.changeRowsBounds(
-            len(rows), rows.astype(np.int32), np.full(len(rows), -INF), np.full(len(rows), INF)
-        )
+        form.milp.relax_rows(rows)
 
 
 def robustness(form, net, domain, label, classes, targeted, deadline, like, exact=True) -> Outcome:

@@ -50,7 +50,7 @@ class VerifyOptions:
     pgd_steps: int = 40
     pgd_restarts: int = 2
     tightening_time_limit: float = 1.0  # seconds per LP / MIP bound solve
-    solver: SolverOptions = field(default_factory=SolverOptions)
+    solver: SolverOptions | str = field(default_factory=SolverOptions)  # or its name: highs | scip | gurobi
     # float64 by default: the MILP takes these bounds as proof margins, and float32's rounding is
     # only checked (FLOAT32_SLACK) on small random networks, not bounded for every network size.
     crown_dtype: torch.dtype = torch.float64
@@ -84,5 +84,7 @@ class VerifyOptions:
             )
         if not 0 < self.bab_share <= 1:
             raise ValueError(f"bab_share={self.bab_share}: use a fraction of the time limit in (0, 1]")
+        if isinstance(self.solver, str):
+            object.__setattr__(self, "solver", SolverOptions(name=self.solver))
         if self.targets is not None:
             object.__setattr__(self, "targets", tuple(int(t) for t in self.targets))

@@ -126,7 +126,7 @@ def run_from_config(cfg: DictConfig) -> dict:
         targets=targets,
         blur_kernel_size=cfg.blur_kernel_size,
         tightening_time_limit=cfg.tightening_time_limit,
-        solver=SolverOptions(threads=cfg.threads),
+        solver=SolverOptions(name=cfg.solver, threads=cfg.threads),
         method=cfg.verifier,
         bab=BabOptions(
             batch=cfg.bab.batch,
@@ -160,6 +160,7 @@ def run_from_config(cfg: DictConfig) -> dict:
         "pgd_restarts": cfg.pgd_restarts,
         "references": cfg.references,
         "threads": cfg.threads,
+        "solver": cfg.solver,
         "highs": highspy.Highs().version(),
         "command": "python verify.py " + " ".join(sys.argv[1:]),
         "commit": _commit(),
@@ -178,12 +179,13 @@ def run_from_config(cfg: DictConfig) -> dict:
         pgd_restarts=cfg.pgd_restarts,
         **(MODES[cfg.mode] if cfg.references else {"reference_fn": no_references}),
     )
+    pgd = summary["pgd_error_pct"]  # None with references=false (no PGD column)
     log.info(
-        "%d samples: clean error %.2f%%, PGD error %.2f%%, exact adversarial error %.2f%% .. %.2f%%, "
+        "%d samples: clean error %.2f%%, PGD error %s, exact adversarial error %.2f%% .. %.2f%%, "
         "mean %.2f s per sample; summary in %s",
         summary["samples"],
         summary["clean_error_pct"],
-        summary["pgd_error_pct"],
+        "not run" if pgd is None else f"{pgd:.2f}%",
         summary["exact_error_lower_pct"],
         summary["exact_error_upper_pct"],
         summary["seconds_mean"] or 0.0,
