@@ -22,6 +22,7 @@ from certtrain.verify.formulation import build_formulation
 from certtrain.verify.network import model_dtype, network_steps
 from certtrain.verify.objectives import min_distortion, robustness
 from certtrain.verify.options import OBJECTIVES, VerifyOptions
+from certtrain.verify.perturbations import box as box_domain
 from certtrain.verify.perturbations import make_domain
 from certtrain.verify.references import domain_pgd
 from certtrain.verify.result import FloatNetwork, VerificationResult, as_tensor, representable
@@ -53,9 +54,11 @@ def _pgd_witness(model, x, label, domain, net, steps, restarts):
 
 
 @certifier  # strict float32: TF32 bounds could prove what is false
-def verify(model: nn.Module, x: torch.Tensor, y, options: VerifyOptions | None = None) -> VerificationResult:
+def verify(model: nn.Module, x: torch.Tensor, y, options: VerifyOptions | None = None, box=None) -> VerificationResult:
     """Decide one sample exactly. x: (1, *input_shape) in [0, 1]; y: its label; options: what to
-    decide and how (certtrain.verify.VerifyOptions; the defaults decide L-inf robustness at 0.1)."""
+    decide and how (certtrain.verify.VerifyOptions; the defaults decide L-inf robustness at 0.1).
+    box: (lower, upper) shaped like x decides robustness over that box instead of
+    options.perturbation (x a point inside it; the inputs need not lie in [0, 1])."""
     start, cpu_start = time.perf_counter(), time.process_time()
     if options is None:
         options = VerifyOptions()
@@ -81,7 +84,12 @@ def verify(model: nn.Module, x: torch.Tensor, y, options: VerifyOptions | None =
     was_training = model.training
     model.eval()
     try:
-        domain = make_domain(x, options.perturbation, options.eps, options.blur_kernel_size)
+        if box is not None:
+            if options.objective != "robustness":
+                raise ValueError("box= decides robustness; use objective=robustness")
+            domain = box_domain(x, *box)
+        else:
+            domain = make_domain(x, options.perturbation, options.eps, options.blur_kernel_size)
         result = _run(model, x, int(torch.as_tensor(y).reshape(-1)[0]), options.targets, domain, **settings)
     finally:
         model.train(was_training)

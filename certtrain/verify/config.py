@@ -29,6 +29,7 @@ class VerifyConfig:
     dataset: Any = field(default_factory=lambda: {"name": "mnist"})  # conf/dataset group
     weights: Optional[str] = None  # state_dict, train.py checkpoint, or .onnx file (model=onnx)
     run: Optional[str] = None  # a train.py run folder: network, dataset and eps from its checkpoint
+    vnnlib: Optional[str] = None  # a VNN-LIB property file: decide it (sat | unsat | timeout) instead of samples
     data_dir: str = "data"
     eps: Optional[float] = None  # L-inf radius in pixel units [0, 1]; null: the run's eps (run=), or none
     samples: str = "0:100"  # test indices first:stop (stop excluded)

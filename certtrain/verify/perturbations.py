@@ -50,7 +50,7 @@ class InputDomain:
 
     @property
     def is_box(self) -> bool:
-        return self.name in ("linf", "unrestricted")
+        return self.name in ("linf", "unrestricted", "box")
 
     def project_vars(self, z: np.ndarray) -> np.ndarray:
         """Move solver output (feasible up to tolerances) exactly into the set of variables."""
@@ -174,6 +174,21 @@ def blur(x: torch.Tensor, kernel_size: int = 3, eps: float | None = None) -> Inp
         row_upper=row_upper,
         kernel_size=kernel_size,
     )
+
+
+def box(x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor) -> InputDomain:
+    """Any input box [lower, upper] (e.g. a VNN-LIB property's, in the network's own units, not
+    necessarily within [0, 1]); x: a point of it, shaped (1, ...) like both."""
+    if x.dim() < 2 or x.shape[0] != 1 or lower.shape != x.shape or upper.shape != x.shape:
+        raise ValueError(
+            f"box: x, lower and upper must share the shape (1, ...), got {x.shape}, {lower.shape}, {upper.shape}"
+        )
+    x_flat = x.detach().double().reshape(-1).numpy().copy()
+    lo = lower.detach().double().reshape(-1).numpy().copy()
+    up = upper.detach().double().reshape(-1).numpy().copy()
+    if np.any(lo > up) or np.any(x_flat < lo) or np.any(x_flat > up):
+        raise ValueError("box: need lower <= x <= upper everywhere")
+    return _box_domain("box", x_flat, tuple(x.shape[1:]), lo, up, None)
 
 
 def make_domain(x: torch.Tensor, perturbation: str, eps: float | None, blur_kernel_size: int = 3) -> InputDomain:

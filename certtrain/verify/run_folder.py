@@ -18,7 +18,7 @@ from certtrain.models import ARCHITECTURES
 
 log = logging.getLogger(__name__)
 
-PATH_KEYS = ("run", "weights", "out", "data_dir")
+PATH_KEYS = ("run", "weights", "out", "data_dir", "vnnlib")
 _HYDRA_SYNTAX = set("=,[]{}()'\" \\")
 
 

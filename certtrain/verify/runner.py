@@ -22,6 +22,7 @@ from certtrain.verify.ladder import LADDER_COLUMNS, ladder_references, write_lad
 from certtrain.verify.loading import load_network
 from certtrain.verify.options import VerifyOptions
 from certtrain.verify.run_folder import RunFolderError, read_run
+from certtrain.verify.vnnlib_runner import run_vnnlib
 
 log = logging.getLogger(__name__)
 # mode -> what run_batch computes beside the exact answer, and how it summarises
@@ -51,7 +52,7 @@ def check_config(cfg: DictConfig) -> None:
     """Range checks a type cannot express; each message names the key and the fix."""
     if cfg.eps is not None and not 0.0 <= cfg.eps <= 1.0:
         raise ValueError(f"eps={cfg.eps} lies outside [0, 1] (pixel units); pass e.g. eps=0.1")
-    if cfg.eps is None and cfg.perturbation == "linf" and not cfg.run:
+    if cfg.eps is None and cfg.perturbation == "linf" and not cfg.run and not cfg.vnnlib:
         raise ValueError(
             "perturbation=linf needs eps; pass eps=<radius>, run=<train.py run folder> (its eps) "
             "or perturbation=unrestricted"
@@ -137,6 +138,8 @@ def run_from_config(cfg: DictConfig) -> dict:
         bab_share=cfg.bab.share,
     )
     network = load_network(model_name, weights, stats)
+    if cfg.vnnlib:
+        return run_vnnlib(cfg, network, model_name, weights, dataset, options)
     split = load_split(dataset, "test", cfg.data_dir)
     indices = parse_samples(cfg.samples, len(split))
     settings = {
