@@ -144,7 +144,8 @@ def _tiny(seed):
     return nn.Sequential(nn.Linear(4, 10), nn.ReLU(), nn.Linear(10, 10), nn.ReLU(), nn.Linear(10, 3))
 
 
-def test_bab_decides_as_the_milp_does_on_200_random_instances():
+@pytest.mark.parametrize("split", ["relu", "input"])
+def test_bab_decides_as_the_milp_does_on_200_random_instances(split):
     verdicts = {}
     for seed in range(200):
         net = _tiny(seed)
@@ -153,7 +154,8 @@ def test_bab_decides_as_the_milp_does_on_200_random_instances():
         label = int(net(x).argmax())
         eps = 0.05 + 0.25 * float(torch.rand(1, generator=gen))
         exact = verify(net, x, label, VerifyOptions(eps=eps, time_limit=30, pgd_steps=0))
-        bab = verify(net, x, label, VerifyOptions(eps=eps, time_limit=30, method="bab", pgd_steps=0))
+        options = VerifyOptions(eps=eps, time_limit=30, method="bab", pgd_steps=0, bab=BabOptions(split=split))
+        bab = verify(net, x, label, options)
         assert exact.status in ("robust", "adversarial")
         assert bab.status == exact.status, f"seed {seed}: bab {bab.status}, milp {exact.status} ({bab.stats})"
         if bab.status == "adversarial":
@@ -161,7 +163,8 @@ def test_bab_decides_as_the_milp_does_on_200_random_instances():
             logits = net.double()(bab.adversarial.double())[0]
             assert logits.argmax() != label and (bab.adversarial - x).abs().max() <= eps + 1e-7
         verdicts[bab.status] = verdicts.get(bab.status, 0) + 1
-        branched = bab.stats.get("bab", {}).get("domains", 0) > 0
+        stats = bab.stats.get("bab", {})
+        branched = stats.get("domains", 0) > 0 if split == "relu" else stats.get("input_rounds", 0) > 1
         verdicts["branched"] = verdicts.get("branched", 0) + branched
     assert verdicts.get("robust", 0) >= 20 and verdicts.get("adversarial", 0) >= 20, verdicts
     assert verdicts["branched"] >= 5, verdicts
@@ -209,6 +212,7 @@ def test_a_sub_domain_holding_a_counterexample_is_never_closed():
         (dict(batch=0), "batch"),
         (dict(branching="random"), "branching rule"),
         (dict(iterations=-1), "iterations"),
+        (dict(split="neurons"), "choose one of"),
     ],
 )
 def test_bad_bab_options_name_the_fix(kwargs, message):
@@ -283,3 +287,38 @@ def test_the_pool_reports_its_worst_bound_after_it_was_emptied_and_refilled():
     assert len(pool) == 0 and pool.worst() == float("inf")
     pool.push(**domain, lower=torch.tensor([-0.5, -0.25]), layer=torch.ones(2), neuron=torch.zeros(2))
     assert pool.worst() == -0.5
+
+
+def test_input_splitting_decides_groupsort_networks_as_dense_sampling_does():
+    """GroupSort has no ReLU to split: halving the input box decides it (split=auto on 2 inputs)."""
+    from certtrain.layers import GroupSort
+
+    verdicts = {}
+    for seed in range(30):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(2, 8), GroupSort(2), nn.Linear(8, 8), GroupSort(2), nn.Linear(8, 3))
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.rand(1, 2, generator=gen)
+        label = int(net(x).argmax())
+        eps = 0.1 + 0.6 * float(torch.rand(1, generator=gen))
+        x_L, x_U = x - eps, x + eps
+        grid = torch.stack(torch.meshgrid(*[torch.linspace(0, 1, 201)] * 2, indexing="ij"), -1).reshape(-1, 2)
+        with torch.no_grad():
+            attackable = bool((net(x_L + grid * (x_U - x_L)).argmax(1) != label).any())
+
+        def check(point):
+            with torch.no_grad():
+                return point if int(net(point.float()).argmax()) != label else None
+
+        others = [j for j in range(3) if j != label]
+        outcome = robustness_bab(net, x_L, x_U, label, others, BabOptions(), time.perf_counter() + 20, check)
+        assert outcome.status in ("robust", "adversarial"), (seed, outcome.stats)
+        assert outcome.stats["split"] == "input"
+        if attackable:
+            assert outcome.status == "adversarial", f"seed {seed}: the grid holds a counterexample"
+        if outcome.status == "adversarial":
+            w = outcome.witness
+            assert ((w >= x_L - 1e-12) & (w <= x_U + 1e-12)).all() and int(net(w.float()).argmax()) != label
+        verdicts[outcome.status] = verdicts.get(outcome.status, 0) + 1
+        verdicts["split"] = verdicts.get("split", 0) + (outcome.stats["input_rounds"] > 1)
+    assert verdicts.get("robust", 0) >= 5 and verdicts.get("adversarial", 0) >= 5 and verdicts["split"] >= 5, verdicts

@@ -21,6 +21,7 @@ import torch
 
 from certtrain.bab.bounding import Bounded, SplitBounder, check_relu_network, root_bounds
 from certtrain.bab.branching import RULES, check_rule
+from certtrain.bab.input_split import INPUT_SPLIT_MAX_INPUTS, input_split_bab
 from certtrain.bab.search import RowResult, branch_and_bound_row
 from certtrain.bounds.graph import build_ops
 
@@ -38,7 +39,8 @@ def _row(value, k):
     return value[k : k + 1]
 
 
-__all__ = ["RULES", "BabOptions", "BabOutcome", "robustness_bab"]
+__all__ = ["RULES", "SPLITS", "BabOptions", "BabOutcome", "robustness_bab"]
+SPLITS = ("auto", "relu", "input")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,9 @@ class BabOptions:
     lr_alpha: float = 0.1
     lr_beta: float = 0.05
     refine: bool = True  # re-bound later ReLU layers' inputs per sub-domain (tighter, slower on deep nets)
+    # relu: split ReLUs; input: halve the input box (any layer, few inputs); auto: input for
+    # inputs of at most INPUT_SPLIT_MAX_INPUTS features, relu otherwise
+    split: str = "auto"
     dtype: torch.dtype = torch.float64
 
     def __post_init__(self):
@@ -58,6 +63,8 @@ class BabOptions:
         check_rule(self.branching)
         if self.iterations < 0 or self.root_iterations < 0:
             raise ValueError("bab iterations and root_iterations must be >= 0")
+        if self.split not in SPLITS:
+            raise ValueError(f"bab split={self.split!r}: choose one of {SPLITS}")
         if self.dtype not in (torch.float32, torch.float64):
             raise ValueError(f"bab dtype must be torch.float32 or torch.float64, got {self.dtype}")
 
@@ -80,6 +87,16 @@ def robustness_bab(model, x_L, x_U, label, classes, options: BabOptions, deadlin
     net = copy.deepcopy(model).to(options.dtype).eval()
     x_L, x_U = x_L.to(options.dtype), x_U.to(options.dtype)
     ops, layer_index, out_shape = build_ops(net, None, x_L)
+    classes = list(classes)
+    C = torch.zeros(len(classes), out_shape[0], dtype=options.dtype)
+    C[:, label] = 1.0
+    C[torch.arange(len(classes)), classes] = -1.0
+    split = options.split
+    if split == "auto":
+        split = "input" if x_L[0].numel() <= INPUT_SPLIT_MAX_INPUTS else "relu"
+    if split == "input":
+        status, witness, stats = input_split_bab(net, x_L, x_U, C, deadline, check, batch=4 * options.batch)
+        return BabOutcome(status, witness, stats={**stats, "split": "input"})
     check_relu_network(ops, layer_index)
     started = time.perf_counter()
     root = root_bounds(ops, x_L, x_U)
@@ -90,10 +107,6 @@ def robustness_bab(model, x_L, x_U, label, classes, options: BabOptions, deadlin
         root=root,
         refine=options.refine,
     )
-    classes = list(classes)
-    C = torch.zeros(len(classes), out_shape[0], dtype=options.dtype)
-    C[:, label] = 1.0
-    C[torch.arange(len(classes)), classes] = -1.0
     # All rows at once, each row a sub-domain without splits: CROWN first, alpha-CROWN for the rest.
     everyone = SplitBounder(ops, x_L, x_U, C, **settings)
     crown = everyone.bound(everyone.empty_splits(len(classes)), iterations=0).lower

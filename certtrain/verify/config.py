@@ -20,6 +20,7 @@ class BabConfig:
     branching: str = "fsb"  # fsb | babsr | width
     iterations: int = 20  # alpha/beta steps per batch
     refine: bool = True  # re-bound later ReLU layers per sub-domain (tighter; slower on deep CNNs)
+    split: str = "auto"  # relu | input (halve the input box) | auto (input for <= 16 features)
     share: float = 0.5  # bab-milp: the fraction of time_limit branch and bound may use
 
 

@@ -134,6 +134,7 @@ def run_from_config(cfg: DictConfig) -> dict:
             branching=cfg.bab.branching,
             iterations=cfg.bab.iterations,
             refine=cfg.bab.refine,
+            split=cfg.bab.split,
         ),
         bab_share=cfg.bab.share,
     )
