@@ -88,9 +88,9 @@ def robustness_bab(model, x_L, x_U, label, classes, options: BabOptions, deadlin
     x_L, x_U = x_L.to(options.dtype), x_U.to(options.dtype)
     ops, layer_index, out_shape = build_ops(net, None, x_L)
     classes = list(classes)
-    C = torch.zeros(len(classes), out_shape[0], dtype=options.dtype)
+    C = torch.zeros(len(classes), out_shape[0], dtype=options.dtype, device=x_L.device)
     C[:, label] = 1.0
-    C[torch.arange(len(classes)), classes] = -1.0
+    C[torch.arange(len(classes), device=x_L.device), classes] = -1.0
     split = options.split
     if split == "auto":
         split = "input" if x_L[0].numel() <= INPUT_SPLIT_MAX_INPUTS else "relu"

@@ -80,7 +80,7 @@ class SplitBounder:
         return self.root[index][0][0].numel()
 
     def empty_splits(self, count=1) -> dict:
-        return {i: torch.zeros(count, self.neurons(i), dtype=torch.int8) for i in self.relus}
+        return {i: torch.zeros(count, self.neurons(i), dtype=torch.int8, device=self.x_L.device) for i in self.relus}
 
     def domain_bounds(self, splits):
         """Input bounds of every op on each sub-domain: the root's, clamped by the splits, later
@@ -88,7 +88,7 @@ class SplitBounder:
         count = next(iter(splits.values())).shape[0] if splits else 1
         x_L, x_U = self._boxes(count)
         bounds = [(lo.expand(count, *lo.shape[1:]), up.expand(count, *up.shape[1:])) for lo, up in self.root]
-        empty = torch.zeros(count, dtype=torch.bool)
+        empty = torch.zeros(count, dtype=torch.bool, device=x_L.device)
         for position, index in enumerate(self.relus):
             shape = bounds[index][0].shape
             if self.refine and position > 0 and any(bool(splits[i].any()) for i in self.relus[:position]):
@@ -148,7 +148,11 @@ class SplitBounder:
             for i in self.relus
         }
         betas = {
-            i: (betas[i] if betas is not None else torch.zeros(count, self.neurons(i), dtype=dtype))
+            i: (
+                betas[i]
+                if betas is not None
+                else torch.zeros(count, self.neurons(i), dtype=dtype, device=self.x_L.device)
+            )
             .to(dtype)
             .mul(signs[i].abs())
             .clone()
@@ -163,7 +167,7 @@ class SplitBounder:
                     {"params": list(betas.values()), "lr": self.lr_beta},
                 ]
             )
-        best = torch.full((count,), -torch.inf, dtype=dtype)
+        best = torch.full((count,), -torch.inf, dtype=dtype, device=self.x_L.device)
         best_slopes = {i: s.detach().clone() for i, s in slopes.items()}
         best_betas = {i: b.detach().clone() for i, b in betas.items()}
         coefficients, candidates = {}, None

@@ -58,7 +58,7 @@ def input_split_bab(net, x_L, x_U, C, deadline, check, batch: int = 256) -> tupl
         dim = score.argmax(1)
         middle = ((lo + hi) / 2).flatten(1).gather(1, dim[:, None]).squeeze(1)
         left_hi, right_lo = hi.flatten(1).clone(), lo.flatten(1).clone()
-        rows_ = torch.arange(len(lo))
+        rows_ = torch.arange(len(lo), device=lo.device)
         left_hi[rows_, dim] = middle
         right_lo[rows_, dim] = middle
         shape = lo.shape

@@ -105,14 +105,15 @@ class _Pool:
 def _children(picked, relus, layer, neuron):
     """Two children per picked sub-domain: neuron (layer[d], neuron[d]) active (+1) and inactive (-1)."""
     count = len(picked["lower"])
-    rows = torch.arange(count)
+    rows = torch.arange(count, device=layer.device)
     splits, slopes, betas = {}, {}, {}
     for i in relus:
         both = picked["splits"][i].repeat(2, 1)
         here = layer == i
         chosen = torch.cat((rows[here], count + rows[here]))
         neurons = neuron[here].repeat(2)
-        signs = torch.cat((torch.ones(int(here.sum())), -torch.ones(int(here.sum())))).to(both.dtype)
+        ones = torch.ones(int(here.sum()), device=both.device)
+        signs = torch.cat((ones, -ones)).to(both.dtype)
         both[chosen, neurons] = signs
         splits[i] = both
         slopes[i] = picked["slopes"][i].repeat(2, 1)
@@ -168,11 +169,12 @@ def _leaf_lp(bounder, splits_one, model_ops, c):
                 x = op.forward(x)
         return torch.cat(outputs + [(x * c.view(1, -1)).sum(1, keepdim=True)], dim=1)[0]
 
-    zero = torch.zeros(dims, dtype=x0.dtype)
+    zero = torch.zeros(dims, dtype=x0.dtype, device=x0.device)
     offset = affine_parts(zero).detach()
     jac = torch.autograd.functional.jacobian(affine_parts, zero).detach()
     sizes = [bounder.neurons(i) for i in bounder.relus]
     sign = torch.cat([splits_one[i][0].to(x0.dtype) for i in bounder.relus])
+    jac, offset, sign = jac.cpu(), offset.cpu(), sign.cpu()  # scipy's LP runs on the host
     rows = sign != 0
     objective = jac[-1].numpy()
     # s z >= 0  <=>  -s (J x + o) <= 0
@@ -184,13 +186,13 @@ def _leaf_lp(bounder, splits_one, model_ops, c):
     )
     if res.status != 0:
         return None, None, None
-    point = torch.from_numpy(res.x).to(x0.dtype).view(1, *x0.shape[1:])
+    point = torch.from_numpy(res.x).to(x0.dtype).to(x0.device).view(1, *x0.shape[1:])
     duals = np.zeros(len(sign))
     if len(b_ub):
         duals[rows.numpy()] = np.clip(-res.ineqlin.marginals, 0.0, None)
     betas, start = {}, 0
     for i, size in zip(bounder.relus, sizes):
-        betas[i] = torch.from_numpy(duals[start : start + size]).to(x0.dtype).view(1, -1)
+        betas[i] = torch.from_numpy(duals[start : start + size]).to(x0.dtype).to(x0.device).view(1, -1)
         start += size
     return float(res.fun + offset[-1]), point, betas
 
@@ -209,7 +211,7 @@ def _decide(bounder, picked, relus):
         value = torch.minimum(lower[:count], lower[count:])
         worst.append(torch.where(layers[:, k] >= 0, value, torch.full_like(value, -torch.inf)))
     pick = torch.stack(worst, 1).argmax(1)
-    rows = torch.arange(count)
+    rows = torch.arange(count, device=pick.device)
     return layers[rows, pick], neurons[rows, pick]
 
 
