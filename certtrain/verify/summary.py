@@ -105,7 +105,8 @@ def render_markdown(summary: dict) -> str:
         "Times are verify() wall seconds per sample (PGD / IBP / CROWN reference columns excluded).",
         "",
         f"Objective {cfg.get('objective')}, perturbation {cfg.get('perturbation')}, tightening {cfg.get('tightening')}, "
-        f"time limit {cfg.get('time_limit')} s, HiGHS {cfg.get('highs')}, threads {cfg.get('threads')}.",
+        f"time limit {cfg.get('time_limit')} s, solver {cfg.get('solver', 'highs')} (HiGHS {cfg.get('highs')}), "
+        f"threads {cfg.get('threads')}.",
         f"Command: `{cfg.get('command')}`",
         f"Commit {cfg.get('commit')}, machine: {cfg.get('machine')}.",
         "",
