@@ -33,7 +33,7 @@ from certtrain.verify.options import VerifyOptions
 from certtrain.verify.perturbations import make_domain
 from certtrain.verify.references import pgd_finds
 from certtrain.verify.result import FloatNetwork
-from certtrain.verify.summary import write_summary
+from certtrain.verify.summary import csv_flag, write_summary
 
 # name -> (column stem, function(model, x_L, x_U, C) -> lower bounds)
 CERTIFIERS = {
@@ -116,24 +116,22 @@ def _stems() -> dict:
     return {**{name: stem for name, (stem, _) in CERTIFIERS.items()}, BAB: "bab"}
 
 
-def _flag(row: dict, key: str) -> bool:
-    return row.get(key) == "True"
-
-
 def violations(rows: list[dict]) -> list[str]:
     """Every break of the chain, one line per sample and rung."""
     found = []
     for row in rows:
         index, status = row["index"], row["status"]
         for weak, strong in ORDER:
-            if _flag(row, CERTIFIERS[weak][0] + "_verified") and not _flag(row, CERTIFIERS[strong][0] + "_verified"):
+            if csv_flag(row, CERTIFIERS[weak][0] + "_verified") and not csv_flag(
+                row, CERTIFIERS[strong][0] + "_verified"
+            ):
                 found.append(f"sample {index}: certified by {weak} but not by the tighter {strong}")
-        certifiers = [name for name, stem in _stems().items() if _flag(row, stem + "_verified")]
+        certifiers = [name for name, stem in _stems().items() if csv_flag(row, stem + "_verified")]
         if certifiers and status in ("adversarial", "misclassified"):
             found.append(f"sample {index}: certified by {', '.join(certifiers)} but the exact answer is {status}")
-        if certifiers and _flag(row, "pgd_adversarial"):
+        if certifiers and csv_flag(row, "pgd_adversarial"):
             found.append(f"sample {index}: certified by {', '.join(certifiers)} but PGD found an adversarial input")
-        if status == "robust" and _flag(row, "pgd_adversarial"):
+        if status == "robust" and csv_flag(row, "pgd_adversarial"):
             found.append(f"sample {index}: proved robust by the MILP but PGD found an adversarial input")
     return found
 
@@ -147,7 +145,7 @@ def summarize_ladder(rows: list[dict], settings: dict) -> dict:
         {"rung": "clean error", "error_pct": 100 * status.count("misclassified") / n, "seconds": None},
         {
             "rung": "PGD error",
-            "error_pct": 100 * sum(_flag(r, "pgd_adversarial") for r in rows) / n,
+            "error_pct": 100 * sum(csv_flag(r, "pgd_adversarial") for r in rows) / n,
             "seconds": seconds("pgd_seconds"),
         },
         {"rung": "exact (MILP), lower", "error_pct": 100 * exact_lower / n, "seconds": seconds("total_seconds")},
@@ -162,7 +160,7 @@ def summarize_ladder(rows: list[dict], settings: dict) -> dict:
         rungs.append(
             {
                 "rung": f"{name} verified error",
-                "error_pct": 100 * (len(rows) - sum(_flag(r, stem + "_verified") for r in rows)) / n,
+                "error_pct": 100 * (len(rows) - sum(csv_flag(r, stem + "_verified") for r in rows)) / n,
                 "seconds": seconds(stem + "_seconds"),
             }
         )

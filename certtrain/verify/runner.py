@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from certtrain.bab import BabOptions
 from certtrain.checkpoints import weights_hash
 from certtrain.data import load_split
+from certtrain.provenance import git_commit
 from certtrain.verify.batch import RERUN, parse_samples, run_batch
 from certtrain.verify.encoding import SolverOptions
 from certtrain.verify.ladder import LADDER_COLUMNS, ladder_references, write_ladder
@@ -30,17 +30,6 @@ MODES = {
     "verify": {},
     "ladder": {"reference_fn": ladder_references, "columns": LADDER_COLUMNS, "summarize_fn": write_ladder},
 }
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def no_references(model, x, label, result, options, pgd_steps, pgd_restarts) -> dict:
@@ -167,7 +156,7 @@ def run_from_config(cfg: DictConfig) -> dict:
         "solver": cfg.solver,
         "highs": highspy.Highs().version(),
         "command": "python verify.py " + " ".join(sys.argv[1:]),
-        "commit": _commit(),
+        "commit": git_commit(),
         "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})",
     }
     summary = run_batch(

@@ -11,7 +11,8 @@ from certtrain.atomic import atomic_write_text
 from certtrain.verify.result import RESOLVED
 
 
-def _flag(row: dict, key: str) -> bool:
+def csv_flag(row: dict, key: str) -> bool:
+    """A boolean column of samples.csv (csv writes Python's True / False)."""
     return row.get(key) == "True"
 
 
@@ -68,7 +69,7 @@ def _reference_pct(rows: list[dict], key: str, complement: bool = False) -> floa
     (references=false skipped it), so the summary says n/a instead of a made-up 0%."""
     if not rows or any(r.get(key) in ("", None) for r in rows):
         return None
-    flagged = sum(_flag(r, key) for r in rows)
+    flagged = sum(csv_flag(r, key) for r in rows)
     return 100.0 * ((len(rows) - flagged) if complement else flagged) / len(rows)
 
 
