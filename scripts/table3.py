@@ -146,12 +146,27 @@ def _pct(value) -> str:
 
 
 def drawdown(rows_and_curves, eps_train: float) -> Figure:
+    """One curve per run; where configurations ran with several seeds, their mean +- sd only."""
     figure = Figure(figsize=(6, 4), layout="constrained")
     axes = figure.subplots()
+    groups: dict[tuple, list] = {}
     for row, curve in rows_and_curves:
-        axes.plot(list(curve), [100 * e for e in curve.values()], marker=".", label=label(row))
+        groups.setdefault(_config_key(row), []).append((row, curve))
+    seeded = {key: runs for key, runs in groups.items() if len(runs) >= 2}
+    if seeded:
+        for key, runs in sorted(seeded.items(), key=str):
+            radii = sorted(set.intersection(*(set(curve) for _, curve in runs)))
+            values = [[100 * curve[e] for _, curve in runs] for e in radii]
+            mean = [statistics.mean(v) for v in values]
+            sd = [statistics.stdev(v) for v in values]
+            name = label(runs[0][0]).rsplit(" (", 1)[0] + f", kappa_final {key[3]:g} ({len(runs)} seeds)"
+            axes.plot(radii, mean, marker=".", label=name)
+            axes.fill_between(radii, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)], alpha=0.2)
+    else:
+        for row, curve in rows_and_curves:
+            axes.plot(list(curve), [100 * e for e in curve.values()], marker=".", label=label(row))
     axes.set_xlabel("eps_eval")
-    axes.set_ylabel("verified error (%), best of IBP / CROWN-IBP")
+    axes.set_ylabel("verified error (%), union of IBP / CROWN-IBP")
     axes.set_title(f"MNIST, DM-small, eps_train {eps_train:g}")
     axes.set_ylim(0, 100)
     axes.grid(alpha=0.3)
