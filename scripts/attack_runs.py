@@ -25,13 +25,27 @@ from certtrain.verify.run_folder import read_run
 ATTACK_FILE = "attack.json"
 
 
-def attack_run(folder: Path, eps: list[float], samples: int, steps: int, restarts: int, data_dir: str) -> dict:
+CERTIFIED_BY = ("ibp", "crown-ibp")  # the union the training evaluation reports
+
+
+def _first(folder: Path, samples: int, data_dir: str):
     trained = read_run(folder)
     network = load_network(trained.model, str(trained.checkpoint), trained.stats)
     test = load_split(trained.dataset, "test", data_dir)
     if samples > len(test):
         raise SystemExit(f"--samples {samples}: the {trained.dataset} test set has {len(test)} images")
-    first = Split(test.images[:samples], test.labels[:samples], test.source)
+    return network, Split(test.images[:samples], test.labels[:samples], test.source)
+
+
+def verified_on_same_images(folder: Path, eps: list[float], samples: int, data_dir: str) -> dict:
+    """Verified error (union of CERTIFIED_BY) on the attacked images: APGD's upper companion."""
+    network, first = _first(folder, samples, data_dir)
+    metrics = evaluate(network, first, eps, bounds=CERTIFIED_BY, pgd_steps=0)
+    return metrics["verified_err"]["best"]
+
+
+def attack_run(folder: Path, eps: list[float], samples: int, steps: int, restarts: int, data_dir: str) -> dict:
+    network, first = _first(folder, samples, data_dir)
     metrics = evaluate(
         network, first, eps, bounds=(), pgd_steps=20, attack="apgd", apgd_steps=steps, apgd_restarts=restarts
     )
@@ -64,10 +78,18 @@ def main() -> None:
     settings = {"samples": args.samples, "eps": args.eps, "apgd_steps": args.steps, "apgd_restarts": args.restarts}
     for folder in args.runs:
         out = folder / ATTACK_FILE
-        if out.is_file() and all(json.loads(out.read_text()).get(k) == v for k, v in settings.items()):
+        result = json.loads(out.read_text()) if out.is_file() else {}
+        if all(result.get(k) == v for k, v in settings.items()) and "verified_err" in result:
             print("kept", out)
             continue
-        result = attack_run(folder, args.eps, args.samples, args.steps, args.restarts, args.data_dir)
+        if not all(result.get(k) == v for k, v in settings.items()):
+            result = attack_run(folder, args.eps, args.samples, args.steps, args.restarts, args.data_dir)
+        result["verified_err"] = verified_on_same_images(folder, args.eps, args.samples, args.data_dir)
+        for eps, err in result["apgd_err"].items():  # sound certificates never undercut a real attack
+            if err > result["verified_err"][eps] + 1e-12:
+                raise SystemExit(
+                    f"{folder}: APGD error {err} above verified error {result['verified_err'][eps]} at {eps}"
+                )
         out.write_text(json.dumps(result, indent=2) + "\n")
         print(folder, "APGD", result["apgd_err"], "PGD", result["pgd_err"], flush=True)
 

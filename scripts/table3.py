@@ -45,6 +45,7 @@ COLUMNS = [
     "pgd_err_0.5",
     "apgd_err_0.3",
     "apgd_err_0.5",
+    "apgd_set_verified_err_0.3",
     "apgd_samples",
     "epochs",
     "seconds",
@@ -115,6 +116,8 @@ def row_of(run_dir: Path, metrics: dict, default_commit: str) -> dict:
         "pgd_err_0.5": metrics["pgd_err"].get("0.5", ""),
         "apgd_err_0.3": attack.get("apgd_err", {}).get("0.3", ""),
         "apgd_err_0.5": attack.get("apgd_err", {}).get("0.5", ""),
+        # verified error on the same first images APGD attacked (the full test set's is above)
+        "apgd_set_verified_err_0.3": attack.get("verified_err", {}).get("0.3", ""),
         "apgd_samples": attack.get("samples", ""),
         "epochs": metrics["epochs"],
         "seconds": metrics["seconds"],
