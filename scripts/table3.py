@@ -189,9 +189,13 @@ PUBLISHED = {
 MEASURES = (
     ["clean_err"]
     + [f"verified_err_{e}" for e in RADII]
-    + ["pgd_err_0.3", "apgd_err_0.3", "pgd_err_0.5", "apgd_err_0.5"]
+    + ["pgd_err_0.3", "apgd_err_0.3", "apgd_set_verified_err_0.3", "pgd_err_0.5", "apgd_err_0.5"]
 )
-MEASURE_NAMES = ["standard"] + [f"verified {e}" for e in RADII] + ["PGD 0.3", "APGD 0.3", "PGD 0.5", "APGD 0.5"]
+MEASURE_NAMES = (
+    ["standard"]
+    + [f"verified {e}" for e in RADII]
+    + ["PGD 0.3", "APGD 0.3 (1k)", "verified 0.3 (the same 1k)", "PGD 0.5", "APGD 0.5 (1k)"]
+)
 
 
 def table_markdown(rows: list[dict], eps_train: float) -> list[str]:
