@@ -15,6 +15,7 @@ from torch import nn
 
 from certtrain.bab import BabOptions, robustness_bab
 from certtrain.losses import input_box
+from certtrain.precision import certifier
 
 BAB_SECONDS = 10.0  # per sample and radius, the default of eval.bab_seconds
 
@@ -25,6 +26,7 @@ def bab_certifier(seconds: float = BAB_SECONDS, options: BabOptions | None = Non
         raise ValueError(f"branch and bound needs a positive time per sample, got {seconds} s")
     options = options or BabOptions()
 
+    @certifier  # strict fp32 for the model's own passes, as every certifier
     def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int) -> torch.Tensor:
         x_lower, x_upper = input_box(x, eps)
         with torch.no_grad():

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from certtrain.verify.perturbations import InputDomain
-from certtrain.verify.solvers import check_solver, new_backend
+from certtrain.verify.solvers import Solution, check_solver, new_backend
 
 log = logging.getLogger(__name__)
 INF = np.inf
@@ -49,14 +49,6 @@ def widen(expr: sp.csr_matrix, num_cols: int) -> sp.csr_matrix:
     if expr.shape[1] == num_cols:
         return expr
     return sp.csr_matrix((expr.data, expr.indices, expr.indptr), shape=(expr.shape[0], num_cols))
-
-
-@dataclass
-class Solution:
-    status: str  # optimal | infeasible | cutoff | time_limit | solution_limit | error
-    value: float | None  # objective of the best point found
-    bound: float | None  # proved lower bound on the minimum
-    z: np.ndarray | None
 
 
 class Milp:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,9 +47,15 @@ def new_backend(options: SolverOptions):
     return {"highs": HighsBackend, "scip": ScipBackend, "gurobi": GurobiBackend}[options.name](options)
 
 
-def _solution(status, value=None, bound=None, z=None):
-    from certtrain.verify.encoding import Solution
+@dataclass
+class Solution:
+    status: str  # optimal | infeasible | cutoff | time_limit | solution_limit | error
+    value: float | None  # objective of the best point found
+    bound: float | None  # proved lower bound on the minimum
+    z: np.ndarray | None
 
+
+def _solution(status, value=None, bound=None, z=None):
     return Solution(status, value, bound, z)
 
 

@@ -18,7 +18,10 @@ property's own constraints.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import re
+import time
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
@@ -26,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+
+from certtrain.verify.api import verify
 
 VERDICTS = ("sat", "unsat", "timeout", "unknown")
 _VAR = re.compile(r"^([XY])_(\d+)$")
@@ -302,8 +307,6 @@ def satisfies(model: nn.Module, x: np.ndarray, disjunct: Disjunct, shape, tolera
 
 
 def _float64(model):
-    import copy
-
     return copy.deepcopy(model).double().eval()
 
 
@@ -319,11 +322,6 @@ class VnnlibResult:
 def decide_vnnlib(model: nn.Module, prop: Property, input_shape, options, deadline: float) -> VnnlibResult:
     """Decide the property for `model` (inputs shaped input_shape); options: VerifyOptions
     (method, solver, ...), each box getting the time left before `deadline` (perf_counter)."""
-    import dataclasses
-    import time
-
-    from certtrain.verify.api import verify
-
     if int(np.prod(input_shape)) != prop.num_inputs:
         raise VnnlibError(f"the property has {prop.num_inputs} inputs, the network takes {tuple(input_shape)}")
     with torch.no_grad():
