@@ -261,3 +261,14 @@ def test_without_references_the_exact_answers_stay_and_the_reference_columns_say
     bare = decided(tmp_path / "bare")
     assert all(r["pgd_adversarial"] == "" and r["ibp_verified"] == "" for r in bare)
     assert "n/a" in (tmp_path / "bare" / "summary.md").read_text()
+
+
+def test_a_run_saved_before_newer_settings_resumes_and_other_values_are_refused(tmp_path):
+    from certtrain.verify.batch import _check_settings
+
+    now = {"eps": 0.1, "solver": "highs", "bab": {"batch": 64, "refine": True, "split": "auto"}}
+    (tmp_path / "run.json").write_text(json.dumps({"eps": 0.1, "bab": {"batch": 64}}))  # before solver, refine, split
+    _check_settings(tmp_path, now)
+    (tmp_path / "run.json").write_text(json.dumps({"eps": 0.1, "bab": {"batch": 64}}))
+    with pytest.raises(ValueError, match="other settings.*solver"):
+        _check_settings(tmp_path, {**now, "solver": "scip"})

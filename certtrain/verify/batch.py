@@ -54,6 +54,20 @@ COLUMNS = [
 RERUN = ("never", "always", "timeouts", "unresolved")
 # Settings that may change between a run and its resumption (they do not change a decided answer).
 RESUMABLE = ("time_limit", "rerun", "command", "commit", "machine")
+# Settings added after runs were saved, with the value those runs used, so they still resume.
+# (Branch and bound split ReLUs only, which split=auto does for every image network.)
+IMPLIED = {"solver": "highs", "bab": {"refine": True, "split": "auto"}}
+
+
+def _with_implied(saved: dict) -> dict:
+    """A saved run.json with the settings it predates filled in (nested dicts key by key)."""
+    full = dict(saved)
+    for key, value in IMPLIED.items():
+        if not isinstance(value, dict):
+            full.setdefault(key, value)
+        elif isinstance(full.get(key), dict):
+            full[key] = {**value, **full[key]}
+    return full
 
 
 def parse_samples(text: str, available: int) -> range:
@@ -101,7 +115,7 @@ def needs_run(row: dict | None, rerun: str) -> bool:
 def _check_settings(out: Path, settings: dict) -> None:
     path = out / "run.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        saved = _with_implied(json.loads(path.read_text()))
         if "weights_sha256" in settings and saved.get("weights_sha256") != settings["weights_sha256"]:
             raise ValueError(
                 f"{out} holds results of another network (weights sha256 {str(saved.get('weights_sha256'))[:12]} "
