@@ -34,7 +34,7 @@ def input_split_bab(net, x_L, x_U, C, deadline, check, batch: int = 256) -> tupl
         take = min(batch, len(lows))
         lo, hi = lows[:take], highs[:take]
         rest_lo, rest_hi = lows[take:], highs[take:]
-        rows = C.expand(take, *C.shape[-2:]) if C.dim() == 3 else C.expand(take, *C.shape)
+        rows = C.expand(take, *C.shape)  # C: (rows, K), the same for every box
         with torch.no_grad():
             bound = tight_crown_lower(net, lo, hi, rows)
         open_ = (bound <= 0).any(1)

@@ -186,13 +186,13 @@ def _leaf_lp(bounder, splits_one, model_ops, c):
     )
     if res.status != 0:
         return None, None, None
-    point = torch.from_numpy(res.x).to(x0.dtype).to(x0.device).view(1, *x0.shape[1:])
+    point = torch.from_numpy(res.x).to(device=x0.device, dtype=x0.dtype).view(1, *x0.shape[1:])
     duals = np.zeros(len(sign))
     if len(b_ub):
         duals[rows.numpy()] = np.clip(-res.ineqlin.marginals, 0.0, None)
     betas, start = {}, 0
     for i, size in zip(bounder.relus, sizes):
-        betas[i] = torch.from_numpy(duals[start : start + size]).to(x0.dtype).to(x0.device).view(1, -1)
+        betas[i] = torch.from_numpy(duals[start : start + size]).to(device=x0.device, dtype=x0.dtype).view(1, -1)
         start += size
     return float(res.fun + offset[-1]), point, betas
 
