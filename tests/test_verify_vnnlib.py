@@ -189,3 +189,16 @@ def test_verify_py_decides_a_property_of_an_onnx_network_as_verify_decides_its_b
         cwd=root,
     )
     assert run.returncode == 1 and "bad.vnnlib:2: this '(' is never closed" in run.stderr + run.stdout
+
+
+def test_a_property_that_pins_inputs_to_values_float32_cannot_hold_is_decided():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 10), nn.ReLU(), nn.Linear(10, 3))
+    pins = "(assert (>= X_0 0.1))(assert (<= X_0 0.1))(assert (>= X_1 -0.3))(assert (<= X_1 0.7))"
+    pins += "(assert (>= X_2 0.2))(assert (<= X_2 0.2))\n"
+    prop = parse_vnnlib(HEADER + pins + "(assert (>= Y_1 Y_0))\n")
+    for method in ("milp", "bab"):
+        result = decide_vnnlib(net, prop, (3,), VerifyOptions(method=method, time_limit=10), time.perf_counter() + 10)
+        assert result.verdict in ("sat", "unsat")
+        if result.verdict == "sat":
+            assert result.witness[0] == 0.1 and result.witness[2] == 0.2

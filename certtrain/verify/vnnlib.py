@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from certtrain.verify.api import verify
+from certtrain.verify.network import model_dtype
 
 VERDICTS = ("sat", "unsat", "timeout", "unknown")
 _VAR = re.compile(r"^([XY])_(\d+)$")
@@ -293,14 +294,16 @@ def spec_network(model: nn.Module, disjuncts: list[Disjunct]) -> nn.Sequential:
         head.weight.zero_(), head.bias.zero_()
         head.weight[1:] = -torch.eye(len(disjuncts))
     layers = [g, *_max_layers([len(d.bounds) for d in disjuncts]), head]
-    return nn.Sequential(model, *layers).to(next(model.parameters()).dtype).eval()
+    # float64 throughout: the box's bounds and centre are read from the file in float64, and a
+    # float32 centre could round outside a box that pins an input
+    return nn.Sequential(copy.deepcopy(model), *layers).double().eval()
 
 
 def satisfies(model: nn.Module, x: np.ndarray, disjunct: Disjunct, shape, tolerance: float = 0.0) -> bool:
     """x in the disjunct's box and its output constraints met, in float64 on the original model."""
     if np.any(x < disjunct.lower) or np.any(x > disjunct.upper):
         return False
-    net = _float64(model)
+    net = model if model_dtype(model) == torch.float64 else _float64(model)
     with torch.no_grad():
         y = net(torch.from_numpy(x).reshape(1, *shape)).reshape(-1).numpy()
     return bool(np.all(disjunct.rows @ y <= disjunct.bounds + tolerance))
@@ -324,8 +327,9 @@ def decide_vnnlib(model: nn.Module, prop: Property, input_shape, options, deadli
     (method, solver, ...), each box getting the time left before `deadline` (perf_counter)."""
     if int(np.prod(input_shape)) != prop.num_inputs:
         raise VnnlibError(f"the property has {prop.num_inputs} inputs, the network takes {tuple(input_shape)}")
+    original = _float64(model)  # witnesses are checked and reported on it
     with torch.no_grad():
-        outputs = model(torch.zeros(1, *input_shape, dtype=next(model.parameters()).dtype)).numel()
+        outputs = original(torch.zeros(1, *input_shape, dtype=torch.float64)).numel()
     if outputs != prop.num_outputs:
         raise VnnlibError(f"the property has {prop.num_outputs} outputs, the network gives {outputs}")
     result = VnnlibResult("unsat")
@@ -344,18 +348,18 @@ def decide_vnnlib(model: nn.Module, prop: Property, input_shape, options, deadli
         shape = (1, *input_shape)
         box = (torch.from_numpy(lower).reshape(shape), torch.from_numpy(upper).reshape(shape))
         centre = (box[0] + box[1]) / 2
-        r = verify(net, centre.float(), 0, dataclasses.replace(options, time_limit=remaining), box=box)
+        r = verify(net, centre, 0, dataclasses.replace(options, time_limit=remaining), box=box)
         result.details.append({"status": r.status, "resolved_by": r.resolved_by, "seconds": round(r.seconds, 3)})
         if r.status in ("adversarial", "misclassified"):
             witness = r.adversarial.double().reshape(-1).numpy()
-            if not any(satisfies(model, witness, d, input_shape) for d in disjuncts):
+            if not any(satisfies(original, witness, d, input_shape) for d in disjuncts):
                 # float64 rounding of the max layers put the point on the wrong side: no claim
                 result.details[-1]["witness"] = "meets no disjunct on the original network"
                 result.verdict = "unknown"
                 continue
             result.verdict, result.witness = "sat", witness
             with torch.no_grad():
-                result.outputs = _float64(model)(torch.from_numpy(witness).reshape(shape)).reshape(-1).numpy()
+                result.outputs = original(torch.from_numpy(witness).reshape(shape)).reshape(-1).numpy()
             return result
         if r.status == "timeout":
             result.verdict = "timeout"
