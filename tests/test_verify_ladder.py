@@ -4,6 +4,7 @@ PGD <= exact <= alpha-CROWN <= CROWN (tight) <= IBP, which an unsound certifier 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 
 import pytest
@@ -99,7 +100,7 @@ def test_an_unsound_certifier_breaks_the_ladder_and_is_named(tmp_path, monkeypat
             "but the exact answer is adversarial",
         ),
         ({"crown_ibp_verified": "True", "pgd_adversarial": "True"}, "but PGD found an adversarial input"),
-        ({"status": "robust", "pgd_adversarial": "True"}, "proved robust by the MILP but PGD found"),
+        ({"status": "robust", "pgd_adversarial": "True"}, "proved robust by the verifier but PGD found"),
     ],
 )
 def test_each_kind_of_break_is_found(row, expected):
@@ -138,3 +139,43 @@ def test_the_branch_and_bound_rung_is_sound_and_at_least_the_exact_robust(tmp_pa
         if row["bab_verified"] == "True":
             assert row["status"] == "robust" and row["pgd_adversarial"] == "False"
     assert sum(r["bab_verified"] == "True" for r in rows) >= sum(r["alpha_crown_verified"] == "True" for r in rows) - 1
+
+
+def test_chosen_rungs_run_alone_and_the_chain_skips_the_others(tmp_path):
+    net, images, labels = problem()
+    rungs = ladder.check_rungs(["alpha_crown", "apgd"])
+    run_batch(
+        net,
+        images,
+        labels,
+        range(10),
+        tmp_path,
+        settings={"model": "tiny", "eps": OPTIONS.eps, "verifier": "milp"},
+        options=OPTIONS,
+        pgd_steps=20,
+        pgd_restarts=2,
+        reference_fn=functools.partial(ladder_references, rungs=rungs),
+        columns=LADDER_COLUMNS,
+        summarize_fn=write_ladder,
+    )
+    names = [r["rung"] for r in json.loads((tmp_path / "ladder.json").read_text())["rungs"]]
+    assert "APGD error" in names and "alpha-CROWN verified error" in names
+    assert not any(name.startswith(("IBP", "CROWN", "branch")) for name in names), names
+    rows = list(csv.DictReader(open(tmp_path / "samples.csv")))
+    assert all(row["ibp_verified"] == "" and row["bab_seconds"] == "" for row in rows)
+    for row in rows:  # APGD is an attack: it never breaks a sample the exact answer proves robust
+        assert not (row["apgd_adversarial"] == "True" and row["status"] == "robust")
+    assert any(row["apgd_adversarial"] == "True" for row in rows if row["status"] == "adversarial")
+
+
+def test_a_certificate_that_apgd_breaks_is_named(tmp_path):
+    row = {"index": "3", "status": "timeout", "pgd_adversarial": "False", "apgd_adversarial": "True"}
+    assert any("but APGD found" in line for line in violations([{**row, "alpha_crown_verified": "True"}]))
+    # a rung that did not run (empty column) is not a break of the chain
+    assert violations([{**row, "apgd_adversarial": "", "ibp_verified": "True", "crown_tight_verified": ""}]) == []
+
+
+@pytest.mark.parametrize("rungs", [["alpha"], []])
+def test_unknown_or_empty_rungs_name_the_choices(rungs):
+    with pytest.raises(ValueError, match="alpha_crown_full"):
+        ladder.check_rungs(rungs)

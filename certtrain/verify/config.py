@@ -25,6 +25,15 @@ class BabConfig:
 
 
 @dataclass
+class LadderConfig:
+    """mode=ladder; certtrain.verify.ladder.check_rungs checks the names."""
+
+    # null: every rung; else some of apgd, ibp, crown_ibp, crown_plain, crown_tight, alpha_crown,
+    # alpha_crown_full, bab (PGD and the exact answer always run)
+    rungs: Optional[List[str]] = None
+
+
+@dataclass
 class VerifyConfig:
     model: Any = field(default_factory=lambda: {"name": "wk17a"})  # conf/model group (name: ...) or onnx
     dataset: Any = field(default_factory=lambda: {"name": "mnist"})  # conf/dataset group
@@ -47,6 +56,7 @@ class VerifyConfig:
     # Not "method": conf/method is the training methods' group, which Hydra would read it as.
     verifier: str = "milp"
     bab: BabConfig = field(default_factory=BabConfig)
+    ladder: LadderConfig = field(default_factory=LadderConfig)
     time_limit: float = 120.0  # seconds per sample
     tightening_time_limit: float = 1.0  # seconds per LP / MIP bound solve
     rerun: str = "never"  # never | always | timeouts | unresolved

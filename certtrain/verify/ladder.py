@@ -2,12 +2,13 @@
 
     python verify.py mode=ladder run=outputs/<run> samples=0:200 out=results/ladder/<name>
 
-Per sample: PGD, the exact MILP answer (verify()), and the verdicts of IBP, CROWN-IBP, CROWN
+Per sample: PGD, APGD, the exact answer (verify() with the run's verifier), and the verdicts of IBP, CROWN-IBP, CROWN
 (plain, auto_LiRPA's form), CROWN as a verifier runs it (intermediate bounds intersected with
 IBP's, at least IBP's bound: `tight_crown_lower`), alpha-CROWN, alpha-CROWN (full: the
 intermediate bounds optimised too) and branch and bound (certtrain.bab, within bab_share of the
-time limit; its verdict is a proof or nothing), each timed. The order
-    PGD error <= exact error <= alpha-CROWN (either) <= CROWN (tight) <= IBP verified error
+time limit; its verdict is a proof or nothing), each timed; `ladder.rungs` picks which of
+the attacks and certifiers run (RUNGS, default all). The order
+    PGD, APGD error <= exact error <= alpha-CROWN (either) <= CROWN (tight) <= IBP verified error
 holds per sample by construction (each certifier's bound is at least the next one's, and a
 sound certificate never covers a real adversarial input). A sample that breaks it is a bug: the
 run writes ladder.md / ladder.json naming it, then fails. Plain CROWN and CROWN-IBP are reported
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from certtrain.apgd import apgd_attack
 from certtrain.atomic import atomic_write_text
 from certtrain.bab import robustness_bab
 from certtrain.bounds import certified, lower_bounds, margin_spec, tight_crown_lower
@@ -48,6 +50,19 @@ CERTIFIERS = {
     ),
 }
 BAB = "branch and bound"
+APGD_STEPS, APGD_RESTARTS = 100, 1  # AutoAttack's APGD-CE and targeted APGD-DLR (9 targets)
+# what ladder.rungs may name: the APGD attack, each certifier's column stem, and branch and bound
+RUNGS = ("apgd", *(stem for stem, _ in CERTIFIERS.values()), "bab")
+
+
+def check_rungs(rungs) -> tuple[str, ...]:
+    """ladder.rungs -> the rungs to run (None: all); ValueError naming the choices."""
+    if rungs is None:
+        return RUNGS
+    unknown = [r for r in rungs if r not in RUNGS]
+    if unknown or not rungs:
+        raise ValueError(f"ladder.rungs={list(rungs)}: name one or more of {list(RUNGS)} (or null for all)")
+    return tuple(r for r in RUNGS if r in rungs)
 
 
 def bab_certifier(options: VerifyOptions):
@@ -75,7 +90,7 @@ def bab_certifier(options: VerifyOptions):
 ORDER = (("IBP", "CROWN (tight)"), ("CROWN (tight)", "alpha-CROWN"), ("CROWN (tight)", "alpha-CROWN (full)"))
 LADDER_COLUMNS = (
     COLUMNS
-    + ["pgd_seconds"]
+    + ["pgd_seconds", "apgd_adversarial", "apgd_seconds"]
     + [f"{stem}_{kind}" for stem, _ in CERTIFIERS.values() for kind in ("verified", "seconds")]
     + ["bab_verified", "bab_seconds"]
 )
@@ -85,19 +100,38 @@ class LadderViolation(RuntimeError):
     """A sample breaks PGD <= exact <= alpha-CROWN <= CROWN <= IBP: a bug to report."""
 
 
-def ladder_references(model, x, label, result, options: VerifyOptions, pgd_steps, pgd_restarts) -> dict:
-    """Every certifier on every correctly classified sample (not only where PGD failed: a
-    certificate where PGD succeeds is exactly what the ladder must catch)."""
+def ladder_references(
+    model, x, label, result, options: VerifyOptions, pgd_steps, pgd_restarts, rungs: tuple[str, ...] = RUNGS
+) -> dict:
+    """Every chosen attack and certifier on every correctly classified sample (not only where PGD
+    failed: a certificate where an attack succeeds is exactly what the ladder must catch). A rung
+    not chosen leaves its columns empty."""
     row = {"pgd_adversarial": True, "pgd_seconds": 0.0}
-    certifiers = {**CERTIFIERS, BAB: ("bab", bab_certifier(options))}
-    for stem, _ in certifiers.values():
-        row[f"{stem}_verified"], row[f"{stem}_seconds"] = False, 0.0
+    row["apgd_adversarial"], row["apgd_seconds"] = (True, 0.0) if "apgd" in rungs else (None, None)
+    certifiers = {
+        name: entry for name, entry in {**CERTIFIERS, BAB: ("bab", bab_certifier(options))}.items() if entry[0] in rungs
+    }
+    for stem in RUNGS[1:]:
+        row[f"{stem}_verified"], row[f"{stem}_seconds"] = (False, 0.0) if stem in rungs else (None, None)
     if result.status == "misclassified":
         return row
     domain = make_domain(x, options.perturbation, options.eps, options.blur_kernel_size)
     start = time.perf_counter()
     row["pgd_adversarial"] = pgd_finds(model, x, label, domain, pgd_steps, pgd_restarts)
     row["pgd_seconds"] = time.perf_counter() - start
+    if "apgd" in rungs:
+        start = time.perf_counter()
+        dtype = model_dtype(model)
+        _, found = apgd_attack(
+            model,
+            x.to(dtype),
+            torch.tensor([label]),
+            options.eps,
+            steps=APGD_STEPS,
+            restarts=APGD_RESTARTS,
+            generator=torch.Generator().manual_seed(0),
+        )
+        row["apgd_adversarial"], row["apgd_seconds"] = bool(found[0]), time.perf_counter() - start
     dtype = model_dtype(model)
     x_L = torch.from_numpy(domain.box_lower.reshape(1, *domain.shape)).to(dtype)
     x_U = torch.from_numpy(domain.box_upper.reshape(1, *domain.shape)).to(dtype)
@@ -108,7 +142,7 @@ def ladder_references(model, x, label, result, options: VerifyOptions, pgd_steps
         with torch.no_grad():
             verdict = bool(certified(bound(model, x_L, x_U, spec))[0])
         row[f"{stem}_verified"], row[f"{stem}_seconds"] = verdict, time.perf_counter() - start
-    row["crown_verified"] = row["crown_plain_verified"]  # the batch summary's CROWN column
+    row["crown_verified"] = row["crown_plain_verified"]  # the batch summary's CROWN column (or empty)
     return row
 
 
@@ -116,31 +150,43 @@ def _stems() -> dict:
     return {**{name: stem for name, (stem, _) in CERTIFIERS.items()}, BAB: "bab"}
 
 
+def _ran(row: dict, key: str) -> bool:
+    """The rung behind this column ran on the row (a rung not chosen leaves it empty)."""
+    return row.get(key) not in (None, "")
+
+
 def violations(rows: list[dict]) -> list[str]:
-    """Every break of the chain, one line per sample and rung."""
+    """Every break of the chain, one line per sample and rung (pairs with a rung not run skipped)."""
     found = []
     for row in rows:
         index, status = row["index"], row["status"]
         for weak, strong in ORDER:
-            if csv_flag(row, CERTIFIERS[weak][0] + "_verified") and not csv_flag(
-                row, CERTIFIERS[strong][0] + "_verified"
-            ):
+            weak_key, strong_key = CERTIFIERS[weak][0] + "_verified", CERTIFIERS[strong][0] + "_verified"
+            if _ran(row, strong_key) and csv_flag(row, weak_key) and not csv_flag(row, strong_key):
                 found.append(f"sample {index}: certified by {weak} but not by the tighter {strong}")
         certifiers = [name for name, stem in _stems().items() if csv_flag(row, stem + "_verified")]
         if certifiers and status in ("adversarial", "misclassified"):
             found.append(f"sample {index}: certified by {', '.join(certifiers)} but the exact answer is {status}")
-        if certifiers and csv_flag(row, "pgd_adversarial"):
-            found.append(f"sample {index}: certified by {', '.join(certifiers)} but PGD found an adversarial input")
-        if status == "robust" and csv_flag(row, "pgd_adversarial"):
-            found.append(f"sample {index}: proved robust by the MILP but PGD found an adversarial input")
+        for attack, key in (("PGD", "pgd_adversarial"), ("APGD", "apgd_adversarial")):
+            if certifiers and csv_flag(row, key):
+                found.append(
+                    f"sample {index}: certified by {', '.join(certifiers)} but {attack} found an adversarial input"
+                )
+            if status == "robust" and csv_flag(row, key):
+                found.append(f"sample {index}: proved robust by the verifier but {attack} found an adversarial input")
     return found
+
+
+EXACT_NAMES = {"milp": "MILP", "bab": "branch and bound", "bab-milp": "branch and bound, then MILP"}
 
 
 def summarize_ladder(rows: list[dict], settings: dict) -> dict:
     n = max(len(rows), 1)
     status = [r["status"] for r in rows]
     seconds = lambda key: float(np.mean([float(r[key] or 0) for r in rows])) if rows else None
+    ran = lambda key: any(_ran(r, key) for r in rows)
     exact_lower = sum(s in ("adversarial", "misclassified") for s in status)
+    exact = EXACT_NAMES.get(settings.get("verifier") or "milp", settings.get("verifier"))
     rungs = [
         {"rung": "clean error", "error_pct": 100 * status.count("misclassified") / n, "seconds": None},
         {
@@ -148,15 +194,27 @@ def summarize_ladder(rows: list[dict], settings: dict) -> dict:
             "error_pct": 100 * sum(csv_flag(r, "pgd_adversarial") for r in rows) / n,
             "seconds": seconds("pgd_seconds"),
         },
-        {"rung": "exact (MILP), lower", "error_pct": 100 * exact_lower / n, "seconds": seconds("total_seconds")},
+    ]
+    if ran("apgd_adversarial"):
+        rungs.append(
+            {
+                "rung": "APGD error",
+                "error_pct": 100 * sum(csv_flag(r, "apgd_adversarial") for r in rows) / n,
+                "seconds": seconds("apgd_seconds"),
+            }
+        )
+    rungs += [
+        {"rung": f"exact ({exact}), lower", "error_pct": 100 * exact_lower / n, "seconds": seconds("total_seconds")},
         {
-            "rung": "exact (MILP), upper",
+            "rung": f"exact ({exact}), upper",
             "error_pct": 100 * (len(rows) - status.count("robust")) / n,
             "seconds": seconds("total_seconds"),
         },
     ]
     for name in (BAB, "alpha-CROWN (full)", "alpha-CROWN", "CROWN (tight)", "CROWN (plain)", "CROWN-IBP", "IBP"):
         stem = _stems()[name]
+        if not ran(stem + "_verified"):
+            continue
         rungs.append(
             {
                 "rung": f"{name} verified error",
@@ -199,7 +257,8 @@ def render_ladder(ladder: dict) -> str:
         f"(time limit {cfg.get('time_limit')} s per sample, tightening {cfg.get('tightening')}).",
         "Certifiers run in float32 on the sample's L-inf box and count a sample only when every margin bound "
         "exceeds the engine's float32 slack; exact seconds are verify()'s wall time.",
-        "Checked per sample: PGD <= exact <= alpha-CROWN (full), alpha-CROWN <= CROWN (tight) <= IBP. "
+        "Checked per sample, among the rungs that ran: PGD, APGD <= exact <= alpha-CROWN (full), alpha-CROWN "
+        "<= CROWN (tight) <= IBP. "
         + ("**Violations:** " + "; ".join(ladder["violations"]) if ladder["violations"] else "No violation."),
         "",
         f"Command: `{cfg.get('command')}`",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -18,7 +19,7 @@ from certtrain.data import load_split
 from certtrain.provenance import git_commit
 from certtrain.verify.batch import RERUN, parse_samples, run_batch
 from certtrain.verify.encoding import SolverOptions
-from certtrain.verify.ladder import LADDER_COLUMNS, ladder_references, write_ladder
+from certtrain.verify.ladder import LADDER_COLUMNS, check_rungs, ladder_references, write_ladder
 from certtrain.verify.loading import load_network
 from certtrain.verify.options import VerifyOptions
 from certtrain.verify.run_folder import RunFolderError, read_run
@@ -50,6 +51,8 @@ def check_config(cfg: DictConfig) -> None:
     for key, allowed in {"mode": MODES, "rerun": RERUN}.items():
         if cfg[key] not in allowed:
             raise ValueError(f"{key}={cfg[key]} is not one of {list(allowed)}")
+    if cfg.mode == "ladder":
+        check_rungs(OmegaConf.to_object(cfg.ladder.rungs) if cfg.ladder.rungs is not None else None)
     if cfg.mode == "ladder" and not cfg.references:
         raise ValueError("mode=ladder is made of reference certifiers: drop references=false, or use mode=verify")
     if cfg.mode == "ladder" and (cfg.objective != "robustness" or cfg.perturbation != "linf"):
@@ -159,6 +162,11 @@ def run_from_config(cfg: DictConfig) -> dict:
         "commit": git_commit(),
         "machine": f"{os.cpu_count()}-core CPU ({platform.machine()})",
     }
+    extras = MODES[cfg.mode] if cfg.references else {"reference_fn": no_references}
+    if cfg.mode == "ladder":
+        rungs = check_rungs(OmegaConf.to_object(cfg.ladder.rungs) if cfg.ladder.rungs is not None else None)
+        settings["ladder_rungs"] = list(rungs)
+        extras = {**extras, "reference_fn": functools.partial(ladder_references, rungs=rungs)}
     summary = run_batch(
         network,
         split.images,
@@ -170,7 +178,7 @@ def run_from_config(cfg: DictConfig) -> dict:
         rerun=cfg.rerun,
         pgd_steps=cfg.pgd_steps,
         pgd_restarts=cfg.pgd_restarts,
-        **(MODES[cfg.mode] if cfg.references else {"reference_fn": no_references}),
+        **extras,
     )
     pgd = summary["pgd_error_pct"]  # None with references=false (no PGD column)
     log.info(
