@@ -322,3 +322,21 @@ def test_input_splitting_decides_groupsort_networks_as_dense_sampling_does():
         verdicts[outcome.status] = verdicts.get(outcome.status, 0) + 1
         verdicts["split"] = verdicts.get("split", 0) + (outcome.stats["input_rounds"] > 1)
     assert verdicts.get("robust", 0) >= 5 and verdicts.get("adversarial", 0) >= 5 and verdicts["split"] >= 5, verdicts
+
+
+def test_the_milp_after_branch_and_bound_decides_only_the_classes_left_open(monkeypatch):
+    """A class branch and bound proved before its time ran out is not solved again by the MILP."""
+    import certtrain.verify.api as api
+    from certtrain.bab import BabOutcome
+
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 5)).to(DT)
+    x = torch.rand(1, 4, generator=torch.Generator().manual_seed(5), dtype=DT)
+    label = int(net(x).argmax())
+    others = [j for j in range(5) if j != label]
+    monkeypatch.setattr(api, "robustness_bab", lambda *a, **k: BabOutcome("timeout", proved=others[:2]))
+    seen, decide = [], api._decide
+    monkeypatch.setattr(api, "_decide", lambda *a, **k: seen.append(list(a[3])) or decide(*a, **k))
+    options = VerifyOptions(eps=0.05, time_limit=30, method="bab-milp", bab_share=0.5, pgd_steps=0)
+    verify(net, x, label, options)
+    assert seen == [others[2:]]

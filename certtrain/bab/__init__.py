@@ -74,6 +74,9 @@ class BabOutcome:
     status: str  # robust | adversarial | timeout | unknown
     witness: torch.Tensor | None = None
     stats: dict = field(default_factory=dict)
+    # the classes j whose margin f_label - f_j > 0 is proved (all of them when robust), so that a
+    # solver taking over after a timeout has only the others left to decide
+    proved: list = field(default_factory=list)
 
 
 @torch.enable_grad()  # slopes, betas, the attack and the leaf LP's Jacobian need autograd, even under no_grad
@@ -123,6 +126,8 @@ def robustness_bab(model, x_L, x_U, label, classes, options: BabOptions, deadlin
                 start = Bounded(*(_row(field_, k) for field_ in _fields(alpha)))
                 rows.append((float(alpha.lower[k]), classes[r], bounder, start))
     outcome = BabOutcome("robust", stats=stats)
+    open_classes = {j for _, j, _, _ in rows}
+    outcome.proved = [j for j in classes if j not in open_classes]
     for lower, j, bounder, root in sorted(rows, key=lambda row: row[0]):
         row: RowResult = branch_and_bound_row(bounder, net, check, deadline, options.batch, options.branching, root)
         stats["domains"] += row.domains
@@ -132,5 +137,6 @@ def robustness_bab(model, x_L, x_U, label, classes, options: BabOptions, deadlin
             outcome.status, outcome.witness = row.status, row.witness
             stats.update({f"class_{j}_{k}": v for k, v in row.stats.items()}, open_class=j)
             break
+        outcome.proved.append(j)
     stats["seconds"] = time.perf_counter() - started
     return outcome

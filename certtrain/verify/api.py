@@ -117,17 +117,20 @@ def _run(model, x, label, targets, domain, **options) -> VerificationResult:
         )
     if options["method"] != "milp":
         result = _decide_bab(model, x, label, classes, targets is not None, domain, net, **options)
-        if result is not None:
+        if isinstance(result, VerificationResult):
             result.predicted = predicted
             return result
+        classes = result  # bab-milp: the classes branch and bound left open go to the MILP
     steps = network_steps(model, domain.shape)
     result = _decide(model, x, label, classes, targets is not None, domain, net, steps, **options)
     result.predicted = predicted
     return result
 
 
-def _decide_bab(model, x, label, classes, targeted, domain, net, **options) -> VerificationResult | None:
-    """PGD, then branch and bound; None when it ran out of its time and the MILP comes next."""
+def _decide_bab(model, x, label, classes, targeted, domain, net, **options) -> VerificationResult | list[int]:
+    """PGD, then branch and bound; when it ran out of its time and the MILP comes next (bab-milp),
+    the classes it left open (a proved margin f_label - f_j > 0 holds for targeted and untargeted
+    alike)."""
     start = time.perf_counter()
     stats = {"pgd_found": False}
     if not targeted and options["pgd_steps"] > 0:
@@ -149,7 +152,7 @@ def _decide_bab(model, x, label, classes, targeted, domain, net, **options) -> V
 
     if time.perf_counter() >= options["bab_deadline"]:  # its share of the time went to the attack
         if options["method"] == "bab-milp" and time.perf_counter() < options["deadline"]:
-            return None
+            return list(classes)
         return VerificationResult("timeout", resolved_by="bab", stats=stats)
     shape = (1, *domain.shape)
     x_L = torch.from_numpy(domain.box_lower.reshape(shape))
@@ -157,7 +160,7 @@ def _decide_bab(model, x, label, classes, targeted, domain, net, **options) -> V
     outcome = robustness_bab(model, x_L, x_U, label, classes, options["bab"], options["bab_deadline"], check)
     stats.update(bab=outcome.stats)
     if outcome.status == "timeout" and options["method"] == "bab-milp" and time.perf_counter() < options["deadline"]:
-        return None
+        return [j for j in classes if j not in outcome.proved]
     result = VerificationResult(
         outcome.status if outcome.status != "unknown" else "unresolved",
         resolved_by="bab",
