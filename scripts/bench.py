@@ -4,7 +4,9 @@
     python scripts/bench.py --model dm_medium --dataset cifar10 --batch 128 --methods crown_ibp
 
 Prints a line per method and, last, one JSON line:
-{"model": ..., "batch": ..., "device": ..., "ms_per_step": {"standard": .., "ibp": .., ...}, "ratios": {..}, "peak_rss_mb": ..}
+{"model": ..., "batch": ..., "device": ..., "ms_per_step": {"standard": .., "ibp": .., ...}, "ratios": {..},
+ "gflop_per_step": {..}, "floor_ms": {..}, "fraction_of_matmul_rate": {..}, "peak_step_mb": {..},
+ "matmul_gflops": .., "conv_gflops": .., "peak_rss_mb": ..}
 ms_per_step is the median over --steps timed steps (the methods taking turns) after --warmup
 untimed rounds, on random
 MNIST/CIFAR-shaped batches; crown_ibp is beta = 1 (the costly ramp phase), gm_crown_ibp uses
@@ -13,6 +15,13 @@ N = --gm-n sub-perturbations (stacked into one bound call on a GPU, one after an
 itself (method.loss_fusion=true). ratios: the issue-11 targets, each against ibp or crown_ibp of
 the same run. peak_rss_mb is the process's peak
 resident memory (ru_maxrss) at the end, covering every method run.
+
+The floor (certtrain/cost.py, after the timed rounds): gflop_per_step counts one step's matmuls
+and convolutions, forward, bound passes and backward (torch's FlopCounterMode); matmul_gflops and
+conv_gflops are this device's rates measured in the same run (a 1024^3 matmul, a DM-small-shaped
+convolution); floor_ms = the step's FLOPs at the matmul rate; fraction_of_matmul_rate = floor_ms /
+ms_per_step. peak_step_mb: the most memory one step holds allocated beyond what was allocated
+before it (profiler allocation events on a CPU, the allocator's peak on CUDA). --no-cost skips them.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import time
 
 import torch
 
+from certtrain.cost import conv_gflops, count_flops, matmul_gflops, peak_step_bytes
 from certtrain.losses import RobustContext
 from certtrain.methods import get_method, training_loss
 from certtrain.models import build_model
@@ -105,6 +115,21 @@ def time_methods(model, methods, x, y, args) -> dict[str, float]:
     return {m: round(1000 * statistics.median(t), 1) for m, t in times.items()}
 
 
+def step_costs(model, methods, x, y, args) -> dict:
+    """FLOPs and peak memory of one step of each method, and the device's rates (untimed)."""
+    costs = {"gflop_per_step": {}, "peak_step_mb": {}}
+    for method in methods:
+        step = make_step(
+            model, torch.optim.Adam(model.parameters(), lr=1e-4), method, args.eps, args.gm_n, args.attack_steps
+        )
+        step(x, y)  # warm-up: optimiser state and compiled kernels exist before anything is measured
+        costs["gflop_per_step"][method] = round(count_flops(lambda: step(x, y)) / 1e9, 3)
+        costs["peak_step_mb"][method] = round(peak_step_bytes(lambda: step(x, y), x.device) / 2**20, 1)
+    costs["matmul_gflops"] = round(matmul_gflops(x.device), 1)
+    costs["conv_gflops"] = round(conv_gflops(x.device, batch=x.shape[0]), 1)
+    return costs
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dm_small")
@@ -123,6 +148,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    parser.add_argument("--no-cost", action="store_true", help="skip the FLOP floor and the peak memory")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
@@ -154,16 +180,26 @@ def main(argv=None) -> dict:
         )
         if key in ms and base in ms
     }
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     result = {
         "model": args.model,
         "dataset": args.dataset,
         "batch": args.batch,
         "device": args.device,
+        "threads": torch.get_num_threads(),
         "ms_per_step": ms,
         "ratios": ratios,
-        "peak_rss_mb": round(peak_mb, 1),
     }
+    if not args.no_cost:
+        costs = step_costs(model, methods, x, y, args)
+        floor = {m: round(1e3 * gflop / costs["matmul_gflops"], 1) for m, gflop in costs["gflop_per_step"].items()}
+        result.update(costs, floor_ms=floor, fraction_of_matmul_rate={m: round(floor[m] / ms[m], 3) for m in ms})
+        for method in methods:
+            print(
+                f"{method:>26}: {costs['gflop_per_step'][method]:7.2f} GFLOP, floor {floor[method]:7.1f} ms "
+                f"({100 * floor[method] / ms[method]:.0f}% of the matmul rate), peak {costs['peak_step_mb'][method]:.0f} MB",
+                file=sys.stderr,
+            )
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result))
     return result
 

@@ -20,14 +20,18 @@ shadows the installed package:
 
 One timed step = zero_grad, bounds, loss, backward, Adam step. The loss is
 CE(-lb, y), where lb holds the lower bounds of the margins z_y - z_j (j != y)
-and 0 at the true class. Prints one JSON line with median ms per step.
+and 0 at the true class. Prints one JSON line with median ms per step and, measured as
+scripts/bench.py measures certtrain (certtrain/cost.py, loaded by its file path: it imports only
+torch), each step's GFLOP, its peak memory and the machine's matmul rate (--no-cost skips them).
 """
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -37,6 +41,15 @@ warnings.filterwarnings("ignore")
 import auto_LiRPA  # noqa: E402
 from auto_LiRPA import BoundedModule, BoundedTensor  # noqa: E402
 from auto_LiRPA.perturbations import PerturbationLpNorm  # noqa: E402
+
+
+def _cost_module():
+    """certtrain/cost.py by path (only torch): the same FLOP count and peak memory as bench.py."""
+    path = Path(__file__).resolve().parent.parent / "certtrain" / "cost.py"
+    spec = importlib.util.spec_from_file_location("step_cost", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def dm_small():
@@ -99,6 +112,7 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="0: torch default")
     p.add_argument("--eps", type=float, default=0.1)
     p.add_argument("--methods", default="standard,ibp,crown_ibp")
+    p.add_argument("--no-cost", action="store_true", help="skip GFLOP and peak memory")
     a = p.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
@@ -106,7 +120,8 @@ def main():
     x = torch.rand(a.batch, 1, 28, 28)
     y = torch.randint(0, 10, (a.batch,))
 
-    result = {}
+    result, gflop, peak = {}, {}, {}
+    cost = None if a.no_cost else _cost_module()
     for method in a.methods.split(","):
         net = dm_small()
         bmodel = BoundedModule(net, torch.zeros(1, 1, 28, 28))
@@ -120,6 +135,16 @@ def main():
             step()
             times.append((time.perf_counter() - t0) * 1e3)
         result[method] = round(statistics.median(times), 2)
+        if cost is not None:
+            gflop[method] = round(cost.count_flops(step) / 1e9, 3)
+            peak[method] = round(cost.peak_step_bytes(step, x.device) / 2**20, 1)
+    extra = {}
+    if cost is not None:
+        extra = {
+            "gflop_per_step": gflop,
+            "peak_step_mb": peak,
+            "matmul_gflops": round(cost.matmul_gflops(x.device), 1),
+        }
 
     print(
         json.dumps(
@@ -130,6 +155,7 @@ def main():
                 "batch": a.batch,
                 "threads": torch.get_num_threads(),
                 "ms_per_step": result,
+                **extra,
             }
         )
     )
