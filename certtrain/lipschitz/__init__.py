@@ -11,7 +11,12 @@ bounds, certificates, margin-aware losses, monotonic wrappers and the zoo archit
 """
 
 from certtrain.layers import GroupSort
-from certtrain.lipschitz.bound import lipschitz_bound, margin_sensitivities, partial_derivative_bounds
+from certtrain.lipschitz.bound import (
+    lipschitz_bound,
+    lipschitz_bound_tensor,
+    margin_sensitivities,
+    partial_derivative_bounds,
+)
 from certtrain.lipschitz.certify import certified_radius, certify_any, lipschitz_certified
 from certtrain.lipschitz.layers import (
     LipschitzLinear,
@@ -32,6 +37,7 @@ __all__ = [
     "certify_any",
     "freeze_lipschitz_",
     "lipschitz_bound",
+    "lipschitz_bound_tensor",
     "lipschitz_certified",
     "margin_sensitivities",
     "normalize_weight",

@@ -16,17 +16,19 @@ from certtrain.lipschitz.layers import KINDS, _check_kind, operator_norm
 _ONE_LIPSCHITZ = (GroupSort, nn.ReLU, nn.Identity, nn.Flatten, nn.Dropout, nn.Tanh)
 
 
-def _layer_norms(module: nn.Module) -> list[dict[str, float]]:
-    """Per-layer operator norms {kind: norm} in forward order (nested Sequentials flattened)."""
+def _layer_norms(module: nn.Module) -> list[dict[str, torch.Tensor]]:
+    """Per-layer operator norms {kind: 0-dim tensor on the weights' device} in forward order
+    (nested Sequentials flattened). Tensors, not floats: a training step reads nothing back to
+    the host (one synchronisation per layer and step on a GPU)."""
     if isinstance(module, nn.Sequential):
         return [n for child in module for n in _layer_norms(child)]
     if hasattr(module, "lipschitz_bound"):
         raise ValueError(f"a {type(module).__name__} can only be the outermost module for lipschitz_bound")
     if isinstance(module, nn.Linear):
         weight = module.weight.detach()
-        return [{kind: float(operator_norm(weight, kind)) for kind in KINDS}]
+        return [{kind: operator_norm(weight, kind) for kind in KINDS}]
     if isinstance(module, Normalize):
-        gain = float((1.0 / module.std).max())  # a diagonal scaling: every norm is its largest entry
+        gain = (1.0 / module.std).max()  # a diagonal scaling: every norm is its largest entry
         return [dict.fromkeys(KINDS, gain)]
     if isinstance(module, _ONE_LIPSCHITZ):
         return []
@@ -36,31 +38,48 @@ def _layer_norms(module: nn.Module) -> list[dict[str, float]]:
     )
 
 
-def _chain_bound(norms: list[dict[str, float]], kind: str) -> float:
+def _device(model: nn.Module) -> torch.device:
+    tensor = next(iter(model.parameters()), None)
+    if tensor is None:
+        tensor = next(iter(model.buffers()), None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
+def _chain_bound(norms: list[dict[str, torch.Tensor]], kind: str, device: torch.device) -> torch.Tensor:
+    one = torch.ones((), device=device)
     if kind in ("one", "inf"):
-        return math.prod(n[kind] for n in norms)
+        return math.prod((n[kind] for n in norms), start=one)
     # l1 -> linf: layers before the switch in l1, one layer l1 -> linf, the rest in linf; any
     # split point is sound (||x||_inf <= ||x||_1), so take the smallest product.
-    if not norms:
-        return 1.0
-    best = math.prod(n["one"] for n in norms)  # switch after the last layer: ||.||_inf <= ||.||_1
+    best = math.prod((n["one"] for n in norms), start=one)  # switch after the last layer
     for k in range(len(norms)):
-        before = math.prod(n["one"] for n in norms[:k])
-        after = math.prod(n["inf"] for n in norms[k + 1 :])
-        best = min(best, before * norms[k]["one-inf"] * after)
+        before = math.prod((n["one"] for n in norms[:k]), start=one)
+        after = math.prod((n["inf"] for n in norms[k + 1 :]), start=one)
+        best = torch.minimum(best, before * norms[k]["one-inf"] * after)
     return best
+
+
+def lipschitz_bound_tensor(model: nn.Module, kind: str = "inf") -> torch.Tensor:
+    """lipschitz_bound as a 0-dim tensor on the model's device, detached (the training path:
+    nothing is read back to the host)."""
+    _check_kind(kind)
+    if hasattr(model, "lipschitz_bound_tensor"):
+        return model.lipschitz_bound_tensor(kind)
+    if hasattr(model, "lipschitz_bound"):
+        raise ValueError(
+            f"a {type(model).__name__} with its own lipschitz_bound needs a lipschitz_bound_tensor method too"
+        )
+    with torch.no_grad():
+        return _chain_bound(_layer_norms(model), kind, _device(model))
 
 
 def lipschitz_bound(model: nn.Module, kind: str = "inf") -> float:
     """A certified Lipschitz constant of `model` (product of per-layer operator norms).
 
     kind: "one" (l1 -> l1), "inf" (linf -> linf) or "one-inf" (l1 -> linf). A module with its
-    own `lipschitz_bound(kind)` method (MonotonicWrapper) answers for itself.
+    own `lipschitz_bound_tensor(kind)` method (MonotonicWrapper) answers for itself.
     """
-    _check_kind(kind)
-    if hasattr(model, "lipschitz_bound"):
-        return model.lipschitz_bound(kind)
-    return _chain_bound(_layer_norms(model), kind)
+    return float(lipschitz_bound_tensor(model, kind))
 
 
 def _split_last_linear(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
@@ -78,14 +97,14 @@ def margin_sensitivities(model: nn.Module, num_classes: int) -> torch.Tensor:
     number, fixed by construction in a Lipschitz net), so training, the certificate and
     `certified_radius` all use this one function.
     """
-    whole = 2.0 * lipschitz_bound(model, "inf")
+    whole = 2.0 * lipschitz_bound_tensor(model, "inf")
     split = _split_last_linear(model)
     if split is None:
-        return torch.full((num_classes, num_classes), whole)
+        return whole.expand(num_classes, num_classes).clone()
     body, last = split
     weight = last.weight
     pair_rows = (weight[:, None, :] - weight[None, :, :]).abs().sum(dim=2)  # ||w_y - w_j||_1
-    return torch.clamp(pair_rows * lipschitz_bound(body, "inf"), max=whole)
+    return torch.minimum(pair_rows * lipschitz_bound_tensor(body, "inf"), whole)
 
 
 def partial_derivative_bounds(model: nn.Module, num_inputs: int) -> torch.Tensor:
@@ -101,7 +120,7 @@ def partial_derivative_bounds(model: nn.Module, num_inputs: int) -> torch.Tensor
     if layers and isinstance(layers[0], nn.Linear) and layers[0].in_features == num_inputs:
         column = layers[0].weight.detach().abs()
         rest = nn.Sequential(*layers[1:])
-        by_inf = column.amax(dim=0) * lipschitz_bound(rest, "inf")
-        by_one = column.sum(dim=0) * lipschitz_bound(rest, "one-inf")
+        by_inf = column.amax(dim=0) * lipschitz_bound_tensor(rest, "inf")
+        by_one = column.sum(dim=0) * lipschitz_bound_tensor(rest, "one-inf")
         return torch.minimum(by_inf, by_one)
-    return torch.full((num_inputs,), lipschitz_bound(model, "one-inf"))
+    return lipschitz_bound_tensor(model, "one-inf").expand(num_inputs).clone()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from certtrain.lipschitz.bound import lipschitz_bound, partial_derivative_bounds
+from certtrain.lipschitz.bound import lipschitz_bound_tensor, partial_derivative_bounds
 
 # Relative slack when comparing g's partial-derivative bounds with lambda (float rounding of the
 # normalised weights).
@@ -68,11 +68,14 @@ class MonotonicWrapper(nn.Module):
     def lipschitz_const(self) -> float:
         return float(self.lambdas.max())
 
-    def lipschitz_bound(self, kind: str) -> float:
+    def lipschitz_bound_tensor(self, kind: str) -> torch.Tensor:
         """The bound of g plus that of the residual: dual norm of the lambda_i s_i vector."""
         weights = (self.lambdas * self.monotone).abs()
         dual = weights.sum() if kind == "inf" else weights.max()  # linf input -> l1 dual
-        return lipschitz_bound(self.net, kind) + float(dual)
+        return lipschitz_bound_tensor(self.net, kind) + dual
+
+    def lipschitz_bound(self, kind: str) -> float:
+        return float(self.lipschitz_bound_tensor(kind))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2 or x.shape[1] != self.monotone.numel():
