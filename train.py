@@ -28,11 +28,6 @@ from certtrain.training import TrainingDiverged, train
 register_configs()
 log = logging.getLogger("train")
 
-# Under torchrun every rank runs this script with the same overrides and so the same run folder;
-# only rank 0 writes it (certtrain.distributed): the others keep Hydra's files and log file out.
-if os.environ.get("RANK", "0") != "0":
-    sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
-
 
 EXPECTED_ERRORS = (ConfigError, DataError, CheckpointError, TrainingDiverged)
 
@@ -65,4 +60,9 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    # Under torchrun every rank runs this script with the same overrides and so the same run
+    # folder; only rank 0 writes it (certtrain.distributed): the others keep Hydra's files and
+    # log file out.
+    if os.environ.get("RANK", "0") != "0":
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
     main()

@@ -17,13 +17,14 @@ import logging
 import sys
 
 import hydra
+import torch
 from omegaconf import DictConfig
 
 from certtrain.data import DataError
 from certtrain.verify.config import register_configs
 from certtrain.verify.ladder import LadderViolation
 from certtrain.verify.run_folder import quote_path_overrides
-from certtrain.verify.runner import run_from_config
+from certtrain.verify.runner import check_config, run_from_config
 
 register_configs()
 log = logging.getLogger("verify")
@@ -34,6 +35,8 @@ EXPECTED_ERRORS = (ValueError, DataError, FileNotFoundError)  # UnsupportedNetwo
 @hydra.main(version_base="1.3", config_path="conf", config_name="verify")
 def main(cfg: DictConfig) -> float:
     try:
+        check_config(cfg)
+        torch.set_num_threads(cfg.threads)  # the process's threads: the command's choice, not the library's
         summary = run_from_config(cfg)
         return summary.get("exact_error_upper_pct", 0.0)  # a vnnlib= run has a verdict instead
     except EXPECTED_ERRORS as err:

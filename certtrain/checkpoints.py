@@ -69,14 +69,20 @@ def save_checkpoint(
         torch.save(state, tmp)
 
 
+def read_state(path: Path, error: type[Exception], advice: str):
+    """What torch saved in `path` (a checkpoint or a state_dict), loaded on the CPU with tensors
+    only; `error` naming the file, the cause and `advice` when it is missing or unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise error(f"{path} not found; {advice}") from None
+    except Exception as err:
+        raise error(f"cannot read {path} ({type(err).__name__}: {err}); {advice}") from err
+
+
 def load_checkpoint(path: Path, *, model: nn.Module, optimizer, data_generator, arch, radius_generator=None) -> dict:
     """Restore model, optimiser and RNG states in place; returns {"epoch", "step", "seconds"}."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(
-            f"cannot read checkpoint {path} ({err}); delete it or run without resume=true to start afresh"
-        ) from err
+    state = read_state(path, CheckpointError, "delete it or run without resume=true to start afresh")
     saved_arch = state.get("arch", {})
     if saved_arch != dict(arch):
         raise CheckpointError(

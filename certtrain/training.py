@@ -41,7 +41,7 @@ from certtrain.evaluate import CERTIFIERS, evaluate
 from certtrain.losses import RobustContext
 from certtrain.methods import get_method, training_loss
 from certtrain.models import build_model
-from certtrain.models.zoo import ibp_init_
+from certtrain.models.zoo import ibp_init_, stats_dataset
 from certtrain.precision import allow_tf32
 from certtrain.provenance import provenance
 from certtrain.reporting import NullWriter, flat_hparams, log_eval_scalars, log_hparams, save_drawdown
@@ -50,7 +50,6 @@ from certtrain.schedules import RampSchedule, step_lr
 log = logging.getLogger(__name__)
 
 RADIUS_SEED_OFFSET = 1_000_003  # the radius draws' seed is seed + this
-MODEL_STATS_OF = {"mnist5k": "mnist"}  # mnist5k digits are MNIST digits: same normalisation
 
 
 class TrainingDiverged(RuntimeError):
@@ -226,9 +225,9 @@ def _build_run(cfg: DictConfig, run_dir: Path, world: World, device: torch.devic
     train_split, val_split, test_split = load_data(cfg)
     _check_world(cfg, world, len(train_split))
     torch.manual_seed(cfg.seed)
-    stats_of = MODEL_STATS_OF.get(str(cfg.dataset.name), str(cfg.dataset.name))  # plain str: saved in checkpoints
     model_options = OmegaConf.to_container(cfg.model.options, resolve=True)
     try:
+        stats_of = stats_dataset(cfg.dataset.name)
         model = build_model(cfg.model.name, stats_of, **model_options)
         if cfg.model.init == "ibp":
             ibp_init_(model)

@@ -11,6 +11,14 @@ from certtrain.bounds.kernels import fused_relu_rule, relu_rule, transpose_to_on
 from certtrain.bounds.ops import ReLUOp
 
 
+@pytest.fixture(autouse=True)
+def fresh_compile_mode():
+    """Each test's CERTTRAIN_COMPILE (set by monkeypatch) is read afresh, and the next test's too."""
+    kernels.set_compile_mode(None)
+    yield
+    kernels.set_compile_mode(None)
+
+
 def _pair(v):
     return v if isinstance(v, tuple) else (v, v)
 
@@ -92,12 +100,23 @@ def test_compile_setting_is_validated(monkeypatch):
     monkeypatch.setenv(kernels.COMPILE_ENV, "yes")
     with pytest.raises(ValueError, match="CERTTRAIN_COMPILE"):
         fused_relu_rule(*_relu_inputs())
+    with pytest.raises(ValueError, match="CERTTRAIN_COMPILE"):
+        kernels.set_compile_mode("always")
+
+
+def test_the_environment_is_read_once(monkeypatch):
+    monkeypatch.setenv(kernels.COMPILE_ENV, "0")
+    assert kernels._mode() == "0"
+    monkeypatch.setenv(kernels.COMPILE_ENV, "1")
+    assert kernels._mode() == "0"  # kept: not read again on every kernel call
+    kernels.set_compile_mode(None)
+    assert kernels._mode() == "1"
 
 
 def test_auto_mode_keeps_small_tensors_eager(monkeypatch):
-    monkeypatch.setenv(kernels.COMPILE_ENV, "auto")
+    kernels.set_compile_mode("auto")
     assert not kernels.use_compiled(torch.zeros(2, 3, 4))
-    monkeypatch.setenv(kernels.COMPILE_ENV, "0")
+    kernels.set_compile_mode("0")
     assert not kernels.use_compiled(torch.zeros(kernels.MIN_COMPILED_ELEMENTS))
 
 

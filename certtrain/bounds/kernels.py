@@ -63,11 +63,23 @@ def relu_rule(A, lower, upper):
     return A * a + A_neg * (d - a), (A_neg * c).sum(-1)
 
 
+_compile_mode: str | None = None  # CERTTRAIN_COMPILE, read once on first use (set_compile_mode changes it)
+
+
+def set_compile_mode(mode: str | None) -> None:
+    """auto | 1 (always compile) | 0 (never); None: read CERTTRAIN_COMPILE again on next use."""
+    global _compile_mode
+    if mode is not None:
+        mode = str(mode).strip().lower()
+        if mode not in ("auto", "0", "1"):
+            raise ValueError(f"{COMPILE_ENV}={mode!r}: use auto, 1 (always compile) or 0 (never)")
+    _compile_mode = mode
+
+
 def _mode() -> str:
-    mode = os.environ.get(COMPILE_ENV, "auto").strip().lower()
-    if mode not in ("auto", "0", "1"):
-        raise ValueError(f"{COMPILE_ENV}={mode!r}: use auto, 1 (always compile) or 0 (never)")
-    return mode
+    if _compile_mode is None:
+        set_compile_mode(os.environ.get(COMPILE_ENV, "auto"))
+    return _compile_mode
 
 
 @functools.lru_cache(maxsize=None)

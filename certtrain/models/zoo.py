@@ -17,6 +17,18 @@ DATASET_STATS = {
     "fashion_mnist": ((0.2860,), (0.3530,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
 }
+STATS_ALIASES = {"mnist5k": "mnist"}  # mnist5k digits are MNIST digits: the same normalisation
+
+
+def stats_dataset(dataset: str) -> str:
+    """The DATASET_STATS key whose normalisation a model for `dataset` uses (training and
+    verification alike); ValueError naming the choices for a dataset without one."""
+    name = STATS_ALIASES.get(str(dataset), str(dataset))  # plain str: saved in checkpoints
+    if name not in DATASET_STATS:
+        raise ValueError(
+            f"no image normalisation for dataset {dataset!r}; choose one of {sorted(DATASET_STATS) + sorted(STATS_ALIASES)}"
+        )
+    return name
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from certtrain.checkpoints import read_state
 from certtrain.models import ARCHITECTURES, build_model
 from certtrain.verify.onnx_import import load_onnx
 
@@ -21,12 +21,7 @@ class WeightsError(ValueError):
 
 
 def _state_dict(path: Path) -> tuple[dict, dict]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WeightsError(f"weights file {path} not found; pass weights=<path to a .pth/.pt file>") from None
-    except Exception as err:
-        raise WeightsError(f"cannot read weights {path} ({err}); pass a state_dict or a train.py checkpoint") from err
+    state = read_state(path, WeightsError, "pass weights=<a .pth/.pt state_dict or a train.py checkpoint>")
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         return state["model"], state.get("arch", {})
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

@@ -11,9 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from certtrain.checkpoints import CHECKPOINT_NAME, weights_hash
+from certtrain.checkpoints import CHECKPOINT_NAME, read_state, weights_hash
 from certtrain.models import ARCHITECTURES
 
 log = logging.getLogger(__name__)
@@ -51,12 +49,7 @@ def read_run(folder: str | Path) -> TrainedRun:
             f"run={folder} holds no {CHECKPOINT_NAME}; pass the folder train.py wrote for the run "
             "(it writes the checkpoint after every epoch), or weights=<file> with model= and dataset="
         )
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RunFolderError(
-            f"cannot read {checkpoint} ({type(err).__name__}); rerun or resume the training to write it again"
-        ) from err
+    state = read_state(checkpoint, RunFolderError, "rerun or resume the training to write it again")
     config = state.get("config") if isinstance(state, dict) else None
     if not config:
         raise RunFolderError(

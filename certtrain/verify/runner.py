@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import highspy
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from certtrain.bab import BabOptions
 from certtrain.checkpoints import weights_hash
 from certtrain.data import load_split
+from certtrain.models.zoo import stats_dataset
 from certtrain.provenance import git_commit
 from certtrain.verify.batch import RERUN, parse_samples, run_batch
 from certtrain.verify.encoding import SolverOptions
@@ -47,6 +47,8 @@ def check_config(cfg: DictConfig) -> None:
             "perturbation=linf needs eps; pass eps=<radius>, run=<train.py run folder> (its eps) "
             "or perturbation=unrestricted"
         )
+    if cfg.threads < 1:
+        raise ValueError(f"threads={cfg.threads}: pass threads=1 or more (the MIP solver's and torch's threads)")
     # objective, norm, perturbation, tightening and the time limits: VerifyOptions checks them
     for key, allowed in {"mode": MODES, "rerun": RERUN}.items():
         if cfg[key] not in allowed:
@@ -75,8 +77,7 @@ def _network_source(cfg: DictConfig) -> tuple[str, str, str, str | None, float |
     """(model, stats dataset, dataset, weights, eps, run folder) from run= or from model= / dataset= / weights=."""
     if not cfg.run:
         dataset = cfg.dataset.name
-        stats = dataset if dataset in ("mnist", "fashion_mnist", "cifar10") else "mnist"
-        return cfg.model.name, stats, dataset, cfg.weights, cfg.eps, None
+        return cfg.model.name, stats_dataset(dataset), dataset, cfg.weights, cfg.eps, None
     clash = _explicit_overrides() & {"model", "dataset", "weights"}
     if clash or cfg.weights:
         raise RunFolderError(
@@ -106,7 +107,6 @@ def _network_source(cfg: DictConfig) -> tuple[str, str, str, str | None, float |
 
 def run_from_config(cfg: DictConfig) -> dict:
     check_config(cfg)
-    torch.set_num_threads(cfg.threads)
     model_name, stats, dataset, weights, eps, run_folder = _network_source(cfg)
     targets = OmegaConf.to_object(cfg.targets) if cfg.targets else None
     options = VerifyOptions(  # checked here, before the network and the data are loaded

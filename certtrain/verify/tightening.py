@@ -17,7 +17,7 @@ from torch import nn
 
 from certtrain.bounds import FLOAT32_SLACK, intermediate_bounds
 from certtrain.verify.encoding import Milp
-from certtrain.verify.network import Step
+from certtrain.verify.network import Relu, Step
 
 LEVELS = ("ibp", "crown", "lp", "mip")
 
@@ -66,7 +66,7 @@ def count_unstable(steps: list[Step], bounds) -> int:
     """ReLUs whose input bounds straddle zero (the binaries the MILP needs)."""
     total = 0
     for step, (lower, upper) in zip(steps, bounds):
-        if type(step.op).__name__ == "Relu":
+        if isinstance(step.op, Relu):
             total += int(np.sum((lower < 0) & (upper > 0)))
     return total
 
