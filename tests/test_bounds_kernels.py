@@ -167,3 +167,52 @@ def test_transpose_to_one_channel_takes_channels_last_A():
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
     assert results[0][1].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "in_channels,out_channels,kernel,stride,padding,dilation,groups,size,bias",
+    [
+        (1, 4, 4, 2, 1, 1, 1, 12, True),  # the first layer of a grey-scale net (the one-channel kernel)
+        (1, 3, 3, 1, 0, 2, 1, 9, True),  # one channel, dilated (matmul + fold)
+        (4, 6, 4, 2, 1, 1, 1, 11, True),  # conv_transpose2d with an output padding (odd size)
+        (4, 6, 3, 1, 2, 2, 2, 8, False),  # dilation, groups, no bias
+    ],
+)
+def test_the_fused_conv_step_equals_transpose_plus_bias_term_in_value_and_gradients(
+    in_channels, out_channels, kernel, stride, padding, dilation, groups, size, bias
+):
+    """kernels.conv_backward_step against autograd through its definition (A W by conv2d's
+    adjoint, A b by a sum): the same values and gradients in A, W and b."""
+    gen = torch.Generator().manual_seed(in_channels * 7 + kernel)
+    conv = torch.nn.Conv2d(in_channels, out_channels, kernel, stride, padding, dilation, groups, bias=bias).double()
+    out_h = conv(torch.zeros(1, in_channels, size, size, dtype=torch.float64)).shape[2]
+    A = torch.randn(5, out_channels, out_h, out_h, generator=gen, dtype=torch.float64, requires_grad=True)
+    grads = (
+        torch.randn(5, in_channels, size, size, generator=gen, dtype=torch.float64),
+        torch.randn(5, generator=gen, dtype=torch.float64),
+    )
+    leaves = [A, conv.weight] + ([conv.bias] if bias else [])
+
+    def reference():
+        x = torch.zeros(5, in_channels, size, size, dtype=torch.float64, requires_grad=True)
+        out = torch.nn.functional.conv2d(x, conv.weight, None, stride, padding, dilation, groups)
+        (A_in,) = torch.autograd.grad(out, x, A, create_graph=True)  # x -> A . conv(x) is A W
+        term = A.sum((2, 3)).matmul(conv.bias) if bias else None
+        return A_in, term
+
+    for fn in (
+        reference,
+        lambda: kernels.conv_backward_step(
+            A, conv.weight, conv.bias, (stride,) * 2, (padding,) * 2, (dilation,) * 2, groups, (size, size)
+        ),
+    ):
+        A_in, term = fn()
+        loss = (A_in * grads[0]).sum() + ((term * grads[1]).sum() if bias else 0)
+        got = (A_in.detach(), None if term is None else term.detach(), *torch.autograd.grad(loss, leaves))
+        if fn is reference:
+            expected = got
+    for g, e in zip(got, expected):
+        if e is None:
+            assert g is None
+        else:
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
-from certtrain.bounds.kernels import fused_relu_rule, relu_relaxation, transpose_to_one_channel
+from certtrain.bounds.kernels import conv_backward_step, fused_relu_rule, relu_relaxation, transpose_to_one_channel
 
 
 def _sum_rows(t: torch.Tensor) -> torch.Tensor:
@@ -128,6 +128,21 @@ class ConvOp(AffineOp):
 
     def bias_term(self, A):
         return None if self.bias is None else A.sum((-1, -2)).matmul(self.bias.to(A.dtype))
+
+    def backward(self, A, in_bounds=None):
+        """transpose and bias_term in one step (kernels.conv_backward_step: one gradient pass)."""
+        rows, out_shape = A.shape[:2], A.shape[2:]
+        A_in, term = conv_backward_step(
+            A.reshape(-1, *out_shape),
+            self.weight.to(A.dtype),
+            None if self.bias is None else self.bias.to(A.dtype),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
+            self.in_shape[1:],
+        )
+        return A_in.reshape(*rows, *A_in.shape[1:]), None if term is None else term.reshape(rows)
 
 
 class ScaleShiftOp(AffineOp):
