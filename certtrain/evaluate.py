@@ -18,7 +18,8 @@ from torch import nn
 from certtrain.apgd import apgd_attack
 from certtrain.attacks import pgd_attack
 from certtrain.bab.certifier import bab_certifier
-from certtrain.bounds import certified, lower_bounds, margin_spec
+from certtrain.bounds import certified, margin_spec
+from certtrain.certifiers import BOUND_CERTIFIERS
 from certtrain.data import Split, to_float
 from certtrain.distributed import SINGLE, World, sum_over_ranks
 from certtrain.lipschitz import method as lipschitz_method
@@ -28,21 +29,20 @@ from certtrain.precision import certifier
 Certifier = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, int], torch.Tensor]
 
 
-def _bound_certifier(method: str) -> Certifier:
+def _bound_certifier(lower) -> Certifier:
     @certifier
     def certify(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, num_classes: int) -> torch.Tensor:
         x_lower, x_upper = input_box(x, eps)
-        margins = lower_bounds(model, x_lower, x_upper, margin_spec(y, num_classes), method=method)
+        margins = lower(model, x_lower, x_upper, margin_spec(y, num_classes))
         # Every margin lower bound > 0, with the engine's float32 rounding slack.
         return certified(margins)
 
     return certify
 
 
-# name -> function(model, x, y, eps, num_classes) -> bool tensor: certified samples.
-CERTIFIERS: dict[str, Certifier] = {
-    name: _bound_certifier(name) for name in ("ibp", "crown-ibp", "crown", "alpha-crown", "alpha-crown-full")
-}
+# name -> function(model, x, y, eps, num_classes) -> bool tensor: certified samples; the bound
+# certifiers come from the one registry (certtrain.certifiers).
+CERTIFIERS: dict[str, Certifier] = {c.name: _bound_certifier(c.lower) for c in BOUND_CERTIFIERS if c.in_training}
 
 
 CERTIFIERS[lipschitz_method.CERTIFIER_NAME] = certifier(lipschitz_method.certifier)

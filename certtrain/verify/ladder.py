@@ -28,7 +28,8 @@ import torch
 from certtrain.apgd import apgd_attack
 from certtrain.atomic import atomic_write_text
 from certtrain.bab import robustness_bab
-from certtrain.bounds import certified, lower_bounds, margin_spec, tight_crown_lower
+from certtrain.bounds import certified, margin_spec
+from certtrain.certifiers import BOUND_CERTIFIERS, soundness_pairs
 from certtrain.verify.batch import COLUMNS
 from certtrain.verify.network import model_dtype
 from certtrain.verify.options import VerifyOptions
@@ -37,18 +38,8 @@ from certtrain.verify.references import pgd_finds
 from certtrain.verify.result import FloatNetwork
 from certtrain.verify.summary import csv_flag, write_summary
 
-# name -> (column stem, function(model, x_L, x_U, C) -> lower bounds)
-CERTIFIERS = {
-    "IBP": ("ibp", lambda m, lo, up, c: lower_bounds(m, lo, up, c, method="ibp")),
-    "CROWN-IBP": ("crown_ibp", lambda m, lo, up, c: lower_bounds(m, lo, up, c, method="crown-ibp")),
-    "CROWN (plain)": ("crown_plain", lambda m, lo, up, c: lower_bounds(m, lo, up, c, method="crown")),
-    "CROWN (tight)": ("crown_tight", tight_crown_lower),
-    "alpha-CROWN": ("alpha_crown", lambda m, lo, up, c: lower_bounds(m, lo, up, c, method="alpha-crown")),
-    "alpha-CROWN (full)": (
-        "alpha_crown_full",
-        lambda m, lo, up, c: lower_bounds(m, lo, up, c, method="alpha-crown-full"),
-    ),
-}
+# label -> (column stem, function(model, x_L, x_U, C) -> lower bounds): the one registry's certifiers
+CERTIFIERS = {c.label: (c.stem, c.lower) for c in BOUND_CERTIFIERS}
 BAB = "branch and bound"
 APGD_STEPS, APGD_RESTARTS = 100, 1  # AutoAttack's APGD-CE and targeted APGD-DLR (9 targets)
 # what ladder.rungs may name: the APGD attack, each certifier's column stem, and branch and bound
@@ -87,7 +78,7 @@ def bab_certifier(options: VerifyOptions):
 
 
 # (weaker, tighter): the tighter certifies every sample the weaker does, by construction
-ORDER = (("IBP", "CROWN (tight)"), ("CROWN (tight)", "alpha-CROWN"), ("CROWN (tight)", "alpha-CROWN (full)"))
+ORDER = soundness_pairs()
 LADDER_COLUMNS = (
     COLUMNS
     + ["pgd_seconds", "apgd_adversarial", "apgd_seconds"]
