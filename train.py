@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from certtrain.checkpoints import CheckpointError
 from certtrain.config import ConfigError, register_configs
 from certtrain.data import DataError
+from certtrain.evaluate import best_verified, eps_key
 from certtrain.sweeps import clear_failed, mark_failed
 from certtrain.training import TrainingDiverged, train
 
@@ -55,8 +56,7 @@ def main(cfg: DictConfig) -> float:
     # The value a Hydra sweeper minimises: verified error at eps by the tightest certifier, on the
     # validation images when dataset.val_size holds some out (a sweep never selects on the test set).
     selected = metrics.get("val", metrics)
-    verified = [curve[f"{cfg.eps:g}"] for curve in selected["verified_err"].values() if f"{cfg.eps:g}" in curve]
-    return min(verified) if verified else selected["clean_err"]
+    return best_verified(selected["verified_err"]).get(eps_key(cfg.eps), selected["clean_err"])
 
 
 if __name__ == "__main__":

@@ -52,6 +52,16 @@ CERTIFIERS["bab"] = bab_certifier()
 BEST = "best"
 
 
+def best_verified(verified_err: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Per radius key, the verified error of the best certificate: the per-sample union ("best")
+    where the evaluation recorded it, else the lowest of the certifiers' figures (each is sound)."""
+    best: dict[str, float] = {}
+    for curve in verified_err.values():
+        for eps, err in curve.items():
+            best[eps] = min(err, best.get(eps, 1.0))
+    return {**best, **verified_err.get(BEST, {})}
+
+
 def eps_key(eps: float) -> str:
     """How a radius appears in metric names and metrics.json: %g (0.1, 0.25, 2e-05)."""
     return f"{eps:g}"

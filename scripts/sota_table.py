@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+from certtrain.evaluate import best_verified
+
 # CTBench (Mao et al. 2024), CNN7, CIFAR-10 2/255, clean / certified accuracy % as the issue quotes them.
 CTBENCH_CIFAR_2 = {
     "ibp": (67.49, 55.99),
@@ -30,7 +32,7 @@ def read_run(folder: Path) -> dict:
     overrides = yaml.safe_load((folder / "overrides.yaml").read_text())
     radii = sorted(metrics["pgd_err"], key=float)
     verified = metrics["verified_err"]
-    best = verified.get("best") or {r: min(curve[r] for curve in verified.values()) for r in radii}
+    best = best_verified(verified)
     row = {
         "run": folder.name,
         "method": metrics["method"],

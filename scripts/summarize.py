@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from certtrain.atomic import atomic_savefig, atomic_write_text
+from certtrain.evaluate import best_verified
 
 log = logging.getLogger("summarize")
 
@@ -57,15 +58,6 @@ def load_runs(folder: Path) -> tuple[dict[str, dict], dict[str, str]]:
             continue
         runs[name] = metrics
     return runs, missing
-
-
-def best_verified(metrics: dict) -> dict[str, float]:
-    """Per radius, the lowest verified error over the certifiers (each one is a valid certificate)."""
-    best: dict[str, float] = {}
-    for curve in metrics["verified_err"].values():
-        for eps, err in curve.items():
-            best[eps] = min(err, best.get(eps, 1.0))
-    return best
 
 
 def table(runs: dict[str, dict]) -> pd.DataFrame:
@@ -109,7 +101,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     figure = Figure(figsize=(6.5, 4), dpi=110)
     axes = figure.subplots()
     for name, m in runs.items():
-        curve = best_verified(m)
+        curve = best_verified(m["verified_err"])
         radii = sorted(curve, key=float)
         axes.plot([float(e) for e in radii], [100 * curve[e] for e in radii], marker="o", label=name)
     axes.set_xlabel("eps_eval (L-inf, pixel units)")

@@ -33,3 +33,11 @@ def test_each_rank_is_at_least_as_tight_as_the_one_below_on_random_networks():
                 low_weak = by_label[weak].lower(net, x_L, x_U, C)
                 low_strong = by_label[strong].lower(net, x_L, x_U, C)
                 assert (low_strong >= low_weak - 1e-5).all(), (seed, weak, strong)
+
+
+def test_the_best_certificate_per_radius_is_the_union_where_recorded_else_the_lowest():
+    from certtrain.evaluate import best_verified
+
+    curves = {"ibp": {"0.1": 0.3, "0.2": 0.5}, "crown-ibp": {"0.1": 0.4, "0.2": 0.45}}
+    assert best_verified(curves) == {"0.1": 0.3, "0.2": 0.45}
+    assert best_verified({**curves, "best": {"0.1": 0.25, "0.2": 0.44}}) == {"0.1": 0.25, "0.2": 0.44}
