@@ -340,3 +340,27 @@ def test_the_milp_after_branch_and_bound_decides_only_the_classes_left_open(monk
     options = VerifyOptions(eps=0.05, time_limit=30, method="bab-milp", bab_share=0.5, pgd_steps=0)
     verify(net, x, label, options)
     assert seen == [others[2:]]
+
+
+def test_easiest_first_takes_the_margins_in_order_of_their_root_bound(monkeypatch):
+    """bab-milp's branch and bound works on the margin with the highest root bound first; alone,
+    on the loosest first (a counterexample early). Each row's search is replaced by a recorder."""
+    import certtrain.bab as bab
+    from certtrain.bab.search import RowResult
+
+    roots = []
+    monkeypatch.setattr(bab, "branch_and_bound_row", lambda *a: roots.append(float(a[-1].lower)) or RowResult("robust"))
+    torch.manual_seed(0)  # a network and box where alpha-CROWN leaves more than one margin open
+    net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5)).to(DT)
+    x = torch.rand(1, 8, generator=torch.Generator().manual_seed(0), dtype=DT)
+    label = int(net(x).argmax())
+    others = [j for j in range(5) if j != label]
+    orders = {}
+    for easiest_first in (False, True):
+        roots.clear()
+        options = BabOptions(easiest_first=easiest_first, split="relu")
+        robustness_bab(net, x - 0.1, x + 0.1, label, others, options, time.perf_counter() + 30, lambda p: None)
+        orders[easiest_first] = list(roots)
+    assert len(orders[True]) >= 2, "alpha-CROWN left fewer than two margins open: choose another network"
+    assert orders[True] == sorted(orders[True], reverse=True) and orders[False] == sorted(orders[False])
+    assert orders[True] != orders[False]

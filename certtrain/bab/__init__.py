@@ -56,6 +56,10 @@ class BabOptions:
     # inputs of at most INPUT_SPLIT_MAX_INPUTS features, relu otherwise
     split: str = "auto"
     dtype: torch.dtype = torch.float64
+    # margins in order of their root bound: loosest first finds a counterexample early (bab
+    # alone); easiest first proves as many margins as the time allows, so that a solver taking
+    # over has fewer left (bab-milp sets it)
+    easiest_first: bool = False
 
     def __post_init__(self):
         if self.batch < 1:
@@ -128,7 +132,7 @@ def robustness_bab(model, x_L, x_U, label, classes, options: BabOptions, deadlin
     outcome = BabOutcome("robust", stats=stats)
     open_classes = {j for _, j, _, _ in rows}
     outcome.proved = [j for j in classes if j not in open_classes]
-    for lower, j, bounder, root in sorted(rows, key=lambda row: row[0]):
+    for lower, j, bounder, root in sorted(rows, key=lambda row: row[0], reverse=options.easiest_first):
         row: RowResult = branch_and_bound_row(bounder, net, check, deadline, options.batch, options.branching, root)
         stats["domains"] += row.domains
         stats["depth"] = max(stats["depth"], row.depth)

@@ -11,6 +11,7 @@ margin bound, so no separate CROWN margin pass is needed.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -78,7 +79,8 @@ def verify(model: nn.Module, x: torch.Tensor, y, options: VerifyOptions | None =
         deadline=start + float(options.time_limit),
         crown_dtype=options.crown_dtype,
         method=options.method,
-        bab=options.bab,
+        # bab-milp: branch and bound proves the easy margins first and leaves the rest to the MILP
+        bab=replace(options.bab, easiest_first=True) if options.method == "bab-milp" else options.bab,
         bab_deadline=start + float(options.time_limit) * (options.bab_share if options.method == "bab-milp" else 1.0),
     )
     was_training = model.training
