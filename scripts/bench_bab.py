@@ -17,13 +17,21 @@ import torch
 
 from certtrain.bab.bounding import SplitBounder, root_bounds
 from certtrain.bounds.graph import build_ops
+from certtrain.data import load_split
 from certtrain.models import build_model
+from certtrain.verify.loading import load_network
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="dm_small")
-    parser.add_argument("--weights", default=None, help="a state_dict for the model (default: random init)")
+    parser.add_argument(
+        "--weights", default=None, help="a state_dict or train.py checkpoint for the model (default: random init)"
+    )
+    parser.add_argument(
+        "--image", type=int, default=None, help="an MNIST test image (needs --data-dir) instead of noise"
+    )
+    parser.add_argument("--data-dir", default="data")
     parser.add_argument("--eps", type=float, default=0.02)
     parser.add_argument("--batch", type=int, default=64, help="sub-domains split per call (2x children bounded)")
     parser.add_argument("--iterations", type=int, default=20)
@@ -35,11 +43,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     dtype = getattr(torch, args.dtype)
-    model = build_model(args.model).eval()
-    if args.weights:
-        model.load_state_dict(torch.load(args.weights, weights_only=True))
+    model = load_network(args.model, args.weights) if args.weights else build_model(args.model).eval()
     model = model.to(dtype)
     x = torch.rand(1, 1, 28, 28, dtype=dtype)
+    if args.image is not None:
+        x = load_split("mnist", "test", args.data_dir).images[args.image : args.image + 1].to(dtype) / 255
     x_L, x_U = (x - args.eps).clamp(0, 1), (x + args.eps).clamp(0, 1)
     ops, _, out = build_ops(model, None, x)
     c = torch.zeros(out[0], dtype=dtype)
