@@ -17,7 +17,7 @@ the same run. peak_rss_mb is the process's peak
 resident memory (ru_maxrss) at the end, covering every method run.
 
 The floor (certtrain/cost.py, after the timed rounds): gflop_per_step counts one step's matmuls
-and convolutions, forward, bound passes and backward (torch's FlopCounterMode); matmul_gflops and
+and convolutions, forward, bound passes and backward (torch's FLOP formulas); matmul_gflops and
 conv_gflops are this device's rates measured in the same run (a 1024^3 matmul, a DM-small-shaped
 convolution); floor_ms = the step's FLOPs at the matmul rate; fraction_of_matmul_rate = floor_ms /
 ms_per_step. peak_step_mb: the most memory one step holds allocated beyond what was allocated
@@ -117,8 +117,8 @@ def time_methods(model, methods, x, y, args) -> dict[str, float]:
 
 def step_costs(model, methods, x, y, args) -> dict:
     """FLOPs and peak memory of one step of each method, and the device's rates (untimed).
-    Every peak is taken before any FLOP count: a step run under FlopCounterMode leaves
-    torch.compile's kernels falling back to eager code for the rest of the process."""
+    Every peak is taken before any FLOP count: a step run under a dispatch mode (the FLOP
+    count) leaves torch.compile's kernels falling back to eager code for the rest of the process."""
     steps = {
         m: make_step(model, torch.optim.Adam(model.parameters(), lr=1e-4), m, args.eps, args.gm_n, args.attack_steps)
         for m in methods
