@@ -11,13 +11,13 @@ margin bound, so no separate CROWN margin pass is needed.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
-from certtrain.bab import robustness_bab
+from certtrain.bab import BabOptions, robustness_bab
 from certtrain.precision import certifier
 from certtrain.verify.formulation import build_formulation
 from certtrain.verify.network import model_dtype, network_steps
@@ -68,20 +68,11 @@ def verify(model: nn.Module, x: torch.Tensor, y, options: VerifyOptions | None =
             f"options must be a VerifyOptions, got {type(options).__name__}: verify(model, x, y, "
             "VerifyOptions(eps=0.1, ...))"
         )
-    settings = dict(
-        objective=options.objective,
-        tightening=options.tightening,
-        norm=options.norm,
-        pgd_steps=options.pgd_steps,
-        pgd_restarts=options.pgd_restarts,
-        tightening_time_limit=options.tightening_time_limit,
-        solver=options.solver,
+    clock = _Clock(
         deadline=start + float(options.time_limit),
-        crown_dtype=options.crown_dtype,
-        method=options.method,
+        bab_deadline=start + float(options.time_limit) * (options.bab_share if options.method == "bab-milp" else 1.0),
         # bab-milp: branch and bound proves the easy margins first and leaves the rest to the MILP
         bab=replace(options.bab, easiest_first=True) if options.method == "bab-milp" else options.bab,
-        bab_deadline=start + float(options.time_limit) * (options.bab_share if options.method == "bab-milp" else 1.0),
     )
     was_training = model.training
     model.eval()
@@ -92,7 +83,7 @@ def verify(model: nn.Module, x: torch.Tensor, y, options: VerifyOptions | None =
             domain = box_domain(x, *box)
         else:
             domain = make_domain(x, options.perturbation, options.eps, options.blur_kernel_size)
-        result = _run(model, x, int(torch.as_tensor(y).reshape(-1)[0]), options.targets, domain, **settings)
+        result = _run(model, x, int(torch.as_tensor(y).reshape(-1)[0]), domain, options, clock)
     finally:
         model.train(was_training)
     result.seconds = time.perf_counter() - start
@@ -100,7 +91,18 @@ def verify(model: nn.Module, x: torch.Tensor, y, options: VerifyOptions | None =
     return result
 
 
-def _run(model, x, label, targets, domain, **options) -> VerificationResult:
+@dataclass(frozen=True)
+class _Clock:
+    """What one verify() call adds to its options: its deadlines (time.perf_counter() values) and
+    the branch-and-bound settings as this method runs them."""
+
+    deadline: float
+    bab_deadline: float
+    bab: BabOptions
+
+
+def _run(model, x, label, domain, options: VerifyOptions, clock: _Clock) -> VerificationResult:
+    targets = options.targets
     net = FloatNetwork(model)
     logits = net.logits(domain.x, domain.shape)
     if not 0 <= label < len(logits):
@@ -117,26 +119,26 @@ def _run(model, x, label, targets, domain, **options) -> VerificationResult:
             resolved_by="clean",
             witness_verified=True,
         )
-    if options["method"] != "milp":
-        result = _decide_bab(model, x, label, classes, targets is not None, domain, net, **options)
+    if options.method != "milp":
+        result = _decide_bab(model, x, label, classes, targets is not None, domain, net, options, clock)
         if isinstance(result, VerificationResult):
             result.predicted = predicted
             return result
         classes = result  # bab-milp: the classes branch and bound left open go to the MILP
     steps = network_steps(model, domain.shape)
-    result = _decide(model, x, label, classes, targets is not None, domain, net, steps, **options)
+    result = _decide(model, x, label, classes, targets is not None, domain, net, steps, options, clock)
     result.predicted = predicted
     return result
 
 
-def _decide_bab(model, x, label, classes, targeted, domain, net, **options) -> VerificationResult | list[int]:
+def _decide_bab(model, x, label, classes, targeted, domain, net, options, clock) -> VerificationResult | list[int]:
     """PGD, then branch and bound; when it ran out of its time and the MILP comes next (bab-milp),
     the classes it left open (a proved margin f_label - f_j > 0 holds for targeted and untargeted
     alike)."""
     start = time.perf_counter()
     stats = {"pgd_found": False}
-    if not targeted and options["pgd_steps"] > 0:
-        found = _pgd_witness(model, x, label, domain, net, options["pgd_steps"], options["pgd_restarts"])
+    if not targeted and options.pgd_steps > 0:
+        found = _pgd_witness(model, x, label, domain, net, options.pgd_steps, options.pgd_restarts)
         if found is not None:
             stats["pgd_found"] = True
             witness = as_tensor(found, domain.shape, domain, x)
@@ -152,16 +154,16 @@ def _decide_bab(model, x, label, classes, targeted, domain, net, **options) -> V
             hit = is_adversarial(net, domain, candidate, label)
         return candidate if hit else None
 
-    if time.perf_counter() >= options["bab_deadline"]:  # its share of the time went to the attack
-        if options["method"] == "bab-milp" and time.perf_counter() < options["deadline"]:
+    if time.perf_counter() >= clock.bab_deadline:  # its share of the time went to the attack
+        if options.method == "bab-milp" and time.perf_counter() < clock.deadline:
             return list(classes)
         return VerificationResult("timeout", resolved_by="bab", stats=stats)
     shape = (1, *domain.shape)
     x_L = torch.from_numpy(domain.box_lower.reshape(shape))
     x_U = torch.from_numpy(domain.box_upper.reshape(shape))
-    outcome = robustness_bab(model, x_L, x_U, label, classes, options["bab"], options["bab_deadline"], check)
+    outcome = robustness_bab(model, x_L, x_U, label, classes, clock.bab, clock.bab_deadline, check)
     stats.update(bab=outcome.stats)
-    if outcome.status == "timeout" and options["method"] == "bab-milp" and time.perf_counter() < options["deadline"]:
+    if outcome.status == "timeout" and options.method == "bab-milp" and time.perf_counter() < clock.deadline:
         return [j for j in classes if j not in outcome.proved]
     result = VerificationResult(
         outcome.status if outcome.status != "unknown" else "unresolved",
@@ -175,29 +177,11 @@ def _decide_bab(model, x, label, classes, targeted, domain, net, **options) -> V
     return result
 
 
-def _decide(
-    model,
-    x,
-    label,
-    classes,
-    targeted,
-    domain,
-    net,
-    steps,
-    *,
-    objective,
-    tightening,
-    norm,
-    pgd_steps,
-    pgd_restarts,
-    tightening_time_limit,
-    solver,
-    deadline,
-    crown_dtype,
-    method="milp",
-    bab=None,
-    bab_deadline=None,
-) -> VerificationResult:
+def _decide(model, x, label, classes, targeted, domain, net, steps, options: VerifyOptions, clock: _Clock):
+    """The MILP path: bounds, the LP relaxation, PGD where it is open, the tightened MILP."""
+    objective, tightening, norm = options.objective, options.tightening, options.norm
+    pgd_steps, pgd_restarts, deadline = options.pgd_steps, options.pgd_restarts, clock.deadline
+    solver, tightening_time_limit, crown_dtype = options.solver, options.tightening_time_limit, options.crown_dtype
     depth = LEVELS.index(tightening)
     bounds = engine_bounds(steps, domain.box_lower, domain.box_upper, "ibp")
     stats = {"unstable_ibp": count_unstable(steps, bounds), "pgd_found": False}
