@@ -123,41 +123,6 @@ def fused_relu_rule(A, lower, upper):
         ) from error
 
 
-class _TransposeToOneChannel(torch.autograd.Function):
-    """A W for a Conv2d W with a single input channel (the first layer of a grey-scale net).
-
-    conv_transpose2d is slow when it produces one channel. Measured on 2 CPU cores for
-    (2304, 16, 14, 14) -> (2304, 1, 28, 28), forward + backward: conv_transpose2d 88 ms,
-    matmul + fold 83 ms, this 33 ms (`python scripts/bench_kernels.py`).
-    Forward (dilation 1): one matmul gives the image of A under every kernel tap; kernel row
-    a s + r shifts by block a and lands on phase r of the stride, so the tap images add up into
-    s x s phase planes, interleaved once at the end. Dilated kernels use matmul + fold.
-    Backward: the gradient in A is the convolution itself and the gradient in W is conv2d's
-    weight gradient, both fast CPU paths.
-    """
-
-    @staticmethod
-    def forward(ctx, A, weight, stride, padding, dilation, in_size):
-        ctx.save_for_backward(A, weight)
-        ctx.conv = (stride, padding, dilation)
-        return _one_channel_transpose(A, weight, stride, padding, dilation, in_size)
-
-    @staticmethod
-    def backward(ctx, grad):
-        A, weight = ctx.saved_tensors
-        stride, padding, dilation = ctx.conv
-        grad_A = grad_weight = None
-        # One channel: channels_last strides are free, and with them oneDNN returns grad_A in
-        # channels_last, like A (measured 8.5 ms vs 23 ms for (2304, 1, 28, 28) -> 16 channels).
-        height, width = grad.shape[2:]
-        grad = grad.contiguous().as_strided(grad.shape, (height * width, 1, width, 1))
-        if ctx.needs_input_grad[0]:
-            grad_A = F.conv2d(grad, weight, None, stride, padding, dilation)
-        if ctx.needs_input_grad[1]:
-            grad_weight = torch.nn.grad.conv2d_weight(grad, weight.shape, A, stride, padding, dilation)
-        return grad_A, grad_weight, None, None, None, None
-
-
 def _shuffle_transpose(A, weight, stride, padding, in_size):
     """Transpose of a dilation-1 convolution to one channel, by tap images and phase planes."""
     batch, out_channels, height, width = A.shape
@@ -191,6 +156,12 @@ class _ConvBackwardStep(torch.autograd.Function):
     bias term's broadcast, into a third tensor (measured 30 ms of a 420 ms CROWN-IBP step of
     dm_small); here the bias part is added in place into the convolution that is the transpose's
     gradient. The gradients in W and b are conv2d's weight gradient and a small matmul.
+
+    One input channel (the first layer of a grey-scale net): conv_transpose2d is slow when it
+    produces one channel (measured on 2 CPU cores for (2304, 16, 14, 14) -> (2304, 1, 28, 28),
+    forward + backward: conv_transpose2d 88 ms, matmul + fold 83 ms, phase planes 33 ms,
+    `python scripts/bench_kernels.py`), so the transpose is _shuffle_transpose (dilation 1) or
+    matmul + fold; channels_last strides are free for one channel and oneDNN keeps them.
     """
 
     @staticmethod
@@ -265,7 +236,4 @@ def transpose_to_one_channel(A, weight, stride, padding, dilation, in_size):
     """(N, O, H, W) -> (N, 1, *in_size): the transpose of Conv2d(weight), weight (O, 1, kh, kw)."""
     if weight.shape[1] != 1:
         raise ValueError(f"weight {tuple(weight.shape)} has {weight.shape[1]} input channels, expected 1")
-    # The matmul reads a channels_last A as transposed matrices, without a copy.
-    if not A.is_contiguous(memory_format=torch.channels_last):
-        A = A.contiguous()
-    return _TransposeToOneChannel.apply(A, weight, tuple(stride), tuple(padding), tuple(dilation), tuple(in_size))
+    return conv_backward_step(A, weight, None, stride, padding, dilation, 1, in_size)[0]

@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 import torch
 import torch.nn.functional as F
 
-from certtrain.bounds.kernels import conv_backward_step, fused_relu_rule, relu_relaxation, transpose_to_one_channel
+from certtrain.bounds.kernels import conv_backward_step, fused_relu_rule, relu_relaxation
 
 
 def _sum_rows(t: torch.Tensor) -> torch.Tensor:
@@ -75,8 +75,8 @@ class LinearOp(AffineOp):
 
 
 class ConvOp(AffineOp):
-    """Conv2d with zero padding; its transpose takes all spec rows in one call (conv_transpose2d,
-    or kernels.transpose_to_one_channel back to a single input channel)."""
+    """Conv2d with zero padding; its transpose and bias term take all spec rows in one call
+    (kernels.conv_backward_step: conv_transpose2d, or phase planes back to a single channel)."""
 
     def __init__(self, module):
         self.weight, self.bias = module.weight, module.bias
@@ -94,48 +94,18 @@ class ConvOp(AffineOp):
         return self._conv(radius, self.weight.to(radius.dtype).abs(), None)
 
     def transpose(self, A):
-        rows, out_shape = A.shape[:2], A.shape[2:]
-        in_h, in_w = self.in_shape[1:]
-        if self.weight.shape[1] == 1 and self.groups == 1:
-            A_in = transpose_to_one_channel(
-                A.reshape(-1, *out_shape),
-                self.weight.to(A.dtype),
-                self.stride,
-                self.padding,
-                self.dilation,
-                (in_h, in_w),
-            )
-            return A_in.reshape(*rows, *A_in.shape[1:])
-        # conv_transpose2d cannot tell which input size a strided conv came from: pad the rest.
-        extra = tuple(
-            size - ((out - 1) * s - 2 * p + d * (k - 1) + 1)
-            for size, out, s, p, d, k in zip(
-                (in_h, in_w), out_shape[1:], self.stride, self.padding, self.dilation, self.weight.shape[2:]
-            )
-        )
-        # channels_last: measured 0.81x the time of a whole CROWN-IBP pass with autograd (2 CPU cores).
-        A_in = F.conv_transpose2d(
-            A.reshape(-1, *out_shape).contiguous(memory_format=torch.channels_last),
-            self.weight.to(A.dtype),
-            None,
-            self.stride,
-            self.padding,
-            extra,
-            self.groups,
-            self.dilation,
-        )
-        return A_in.reshape(*rows, *A_in.shape[1:])
+        return self.backward(A, with_bias=False)[0]
 
     def bias_term(self, A):
         return None if self.bias is None else A.sum((-1, -2)).matmul(self.bias.to(A.dtype))
 
-    def backward(self, A, in_bounds=None):
+    def backward(self, A, in_bounds=None, with_bias=True):
         """transpose and bias_term in one step (kernels.conv_backward_step: one gradient pass)."""
         rows, out_shape = A.shape[:2], A.shape[2:]
         A_in, term = conv_backward_step(
             A.reshape(-1, *out_shape),
             self.weight.to(A.dtype),
-            None if self.bias is None else self.bias.to(A.dtype),
+            None if self.bias is None or not with_bias else self.bias.to(A.dtype),
             self.stride,
             self.padding,
             self.dilation,

@@ -110,9 +110,9 @@ def ladder_references(
     start = time.perf_counter()
     row["pgd_adversarial"] = pgd_finds(model, x, label, domain, pgd_steps, pgd_restarts)
     row["pgd_seconds"] = time.perf_counter() - start
+    dtype = model_dtype(model)
     if "apgd" in rungs:
         start = time.perf_counter()
-        dtype = model_dtype(model)
         _, found = apgd_attack(
             model,
             x.to(dtype),
@@ -123,7 +123,6 @@ def ladder_references(
             generator=torch.Generator().manual_seed(0),
         )
         row["apgd_adversarial"], row["apgd_seconds"] = bool(found[0]), time.perf_counter() - start
-    dtype = model_dtype(model)
     x_L = torch.from_numpy(domain.box_lower.reshape(1, *domain.shape)).to(dtype)
     x_U = torch.from_numpy(domain.box_upper.reshape(1, *domain.shape)).to(dtype)
     with torch.no_grad():

@@ -38,6 +38,10 @@ def no_references(model, x, label, result, options, pgd_steps, pgd_restarts) -> 
     return {}
 
 
+def _ladder_rungs(cfg: DictConfig) -> tuple[str, ...]:
+    return check_rungs(None if cfg.ladder.rungs is None else OmegaConf.to_object(cfg.ladder.rungs))
+
+
 def check_config(cfg: DictConfig) -> None:
     """Range checks a type cannot express; each message names the key and the fix."""
     if cfg.eps is not None and not 0.0 <= cfg.eps <= 1.0:
@@ -54,7 +58,7 @@ def check_config(cfg: DictConfig) -> None:
         if cfg[key] not in allowed:
             raise ValueError(f"{key}={cfg[key]} is not one of {list(allowed)}")
     if cfg.mode == "ladder":
-        check_rungs(OmegaConf.to_object(cfg.ladder.rungs) if cfg.ladder.rungs is not None else None)
+        _ladder_rungs(cfg)
     if cfg.mode == "ladder" and not cfg.references:
         raise ValueError("mode=ladder is made of reference certifiers: drop references=false, or use mode=verify")
     if cfg.mode == "ladder" and (cfg.objective != "robustness" or cfg.perturbation != "linf"):
@@ -164,7 +168,7 @@ def run_from_config(cfg: DictConfig) -> dict:
     }
     extras = MODES[cfg.mode] if cfg.references else {"reference_fn": no_references}
     if cfg.mode == "ladder":
-        rungs = check_rungs(OmegaConf.to_object(cfg.ladder.rungs) if cfg.ladder.rungs is not None else None)
+        rungs = _ladder_rungs(cfg)
         settings["ladder_rungs"] = list(rungs)
         extras = {**extras, "reference_fn": functools.partial(ladder_references, rungs=rungs)}
     summary = run_batch(
