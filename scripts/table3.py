@@ -8,6 +8,11 @@ run with the same evaluation grid). Verified error at a radius is the lower of t
 CROWN-IBP certificates' errors (each is sound). Writes <out>/table3.csv and <out>/fig3_eps<e>.png
 per training radius. A run folder without a readable metrics.json is listed as incomplete.
 The commit column is the last commit made before the run started (from its train.log).
+
+    python scripts/table3.py runs/table3_protocol/eps0.6 --keep results/gm/table3.csv --out results/gm
+
+--keep carries over an earlier table3.csv's rows of every training radius the folders do not hold
+(their run folders may be gone): the tables and figures are rebuilt from the CSV's figures.
 """
 
 from __future__ import annotations
@@ -126,6 +131,38 @@ def row_of(run_dir: Path, metrics: dict, default_commit: str) -> dict:
     for eps in (0.1, 0.2, 0.3, 0.4, 0.5):
         row[f"verified_err_{eps}"] = curve.get(eps, "")
     return row
+
+
+TEXT_COLUMNS = ("method", "estimator", "command", "commit")
+
+
+def _number(text: str) -> int | float | str:
+    """A CSV cell as row_of wrote it: an int stays an int, blanks stay ''."""
+    if text == "":
+        return ""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def row_from_csv(record: dict) -> dict:
+    """One table3.csv line as row_of made it (numbers as numbers, loss_fusion a bool)."""
+    row = {
+        key: value if key in TEXT_COLUMNS else _number(value) for key, value in record.items() if key != "loss_fusion"
+    }
+    return {**row, "loss_fusion": record["loss_fusion"] == "True"}
+
+
+def curve_of_row(row: dict) -> dict[float, float]:
+    """The verified-error curve a kept row carries (the protocol evaluates at RADII only)."""
+    return {eps: float(row[f"verified_err_{eps}"]) for eps in RADII if row[f"verified_err_{eps}"] != ""}
+
+
+def kept_rows(path: Path, new_radii: set[float]) -> list[dict]:
+    with open(path, newline="") as handle:
+        rows = [row_from_csv(record) for record in csv.DictReader(handle)]
+    return [row for row in rows if row["eps_train"] not in new_radii]
 
 
 def label(row: dict) -> str:
@@ -267,6 +304,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("results/gm"))
+    parser.add_argument("--keep", type=Path, help="an earlier table3.csv: keep its rows of other training radii")
     parser.add_argument(
         "--default-commit", default="unknown", help="commit of runs whose metrics.json predates provenance"
     )
@@ -284,6 +322,11 @@ def main(argv=None) -> None:
             row = row_of(run_dir, metrics, args.default_commit)
             rows.append(row)
             curves.append((row, best_curve(metrics)))
+    if args.keep:
+        kept = kept_rows(args.keep, {row["eps_train"] for row in rows})
+        log.info("%d rows kept from %s", len(kept), args.keep)
+        rows += kept
+        curves += [(row, curve_of_row(row)) for row in kept]
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "table3.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)

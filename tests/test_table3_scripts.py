@@ -16,17 +16,59 @@ from tests.test_training_cli import TINY, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _fake_run(folder: Path, method: str, kappa: float, seed: int, clean: float, verified: float) -> None:
+def _fake_run(
+    folder: Path, method: str, kappa: float, seed: int, clean: float, verified: float, eps_train: float = 0.5
+) -> None:
     (folder / ".hydra").mkdir(parents=True)
     config = {"method": {"name": method, "kappa_final": kappa}, "schedule": {"ramp_epochs": 10.0}}
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"method={method}", f"seed={seed}"]))
     curve = {f"{e:g}": verified for e in (0.1, 0.2, 0.3, 0.4, 0.5)}
     split = {"clean_err": clean, "pgd_err": {"0.3": clean, "0.5": clean}, "verified_err": {"ibp": curve}}
-    metrics = {**split, "val": split, "method": method, "eps_train": 0.5, "seed": seed, "epochs": 20, "seconds": 60}
+    metrics = {
+        **split,
+        "val": split,
+        "method": method,
+        "eps_train": eps_train,
+        "seed": seed,
+        "epochs": 20,
+        "seconds": 60,
+    }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     attack = {"samples": 100, "apgd_err": {"0.3": clean + 0.01, "0.5": 0.9}, "verified_err": {"0.3": 0.6, "0.5": 1.0}}
     (folder / "attack.json").write_text(json.dumps(attack))
+
+
+def _table3(*args) -> None:
+    command = [sys.executable, str(ROOT / "scripts" / "table3.py"), *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _section(table: str, eps_train: float) -> list[str]:
+    lines = table.splitlines()
+    start = lines.index(f"### eps_train {eps_train:g}: mean +- sd over seeds")
+    return lines[start : lines.index("", start + 2)]
+
+
+def test_table3_keeps_an_earlier_csv_rows_of_the_radii_it_does_not_rebuild(tmp_path):
+    for seed, clean in enumerate((0.1, 0.2, 0.3)):
+        _fake_run(tmp_path / "old" / f"seed{seed}", "ibp", 0.5, seed, clean, 0.5)
+        _fake_run(tmp_path / "new" / f"seed{seed}", "gm_ibp", 0.5, seed, clean / 2, 0.4, eps_train=0.6)
+    _table3(tmp_path / "old", "--out", tmp_path / "first")
+    _table3(tmp_path / "new", "--keep", tmp_path / "first" / "table3.csv", "--out", tmp_path / "second")
+    first = list(csv.DictReader(open(tmp_path / "first" / "table3.csv")))
+    second = list(csv.DictReader(open(tmp_path / "second" / "table3.csv")))
+    assert [r for r in second if r["eps_train"] == "0.5"] == first
+    assert len([r for r in second if r["eps_train"] == "0.6"]) == 3
+    old_table, new_table = ((tmp_path / d / "table3.md").read_text() for d in ("first", "second"))
+    assert _section(new_table, 0.5) == _section(old_table, 0.5)  # rebuilt from the CSV alone
+    assert "gm_ibp, kappa_final 0.5" in "\n".join(_section(new_table, 0.6))
+    assert (tmp_path / "second" / "fig3_eps0.5.png").is_file() and (tmp_path / "second" / "fig3_eps0.6.png").is_file()
+    # a rebuilt radius is not kept twice
+    _table3(tmp_path / "old", "--keep", tmp_path / "second" / "table3.csv", "--out", tmp_path / "third")
+    third = list(csv.DictReader(open(tmp_path / "third" / "table3.csv")))
+    assert sorted(r["eps_train"] for r in third) == ["0.5"] * 3 + ["0.6"] * 3
 
 
 def test_table3_gives_mean_and_sd_over_seeds_and_marks_the_degenerate_rows(tmp_path):
