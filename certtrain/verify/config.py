@@ -2,26 +2,59 @@
 
 `model` and `dataset` reuse the training config groups (conf/model, conf/dataset); `model=onnx`
 is registered here, so `weights=` can then name an ONNX file.
+
+The keys that set one verify() call are VerifyOptions' (and BabOptions') fields: their defaults are
+read from those dataclasses (one source), and `options_from_config` is the one place that maps
+the command line onto them. The other keys belong to the batch app (which samples, where to, the
+reference columns).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from certtrain.bab import BabOptions
+from certtrain.verify.encoding import SolverOptions
+from certtrain.verify.options import VerifyOptions
+
+
+def default(options: type, name: str):
+    """The default of a field of an options dataclass (the one source of verify's defaults)."""
+    (found,) = (f for f in dataclasses.fields(options) if f.name == name)
+    return found.default_factory() if found.default is dataclasses.MISSING else found.default
+
+
+# BabOptions fields the command line sets (dtype follows the network; easiest_first is bab-milp's)
+BAB_KEYS = ("batch", "branching", "iterations", "root_iterations", "lr_alpha", "lr_beta", "refine", "split")
 
 
 @dataclass
 class BabConfig:
     """Branch and bound (method=bab | bab-milp); certtrain.bab.BabOptions checks the values."""
 
-    batch: int = 64  # sub-domains split per bound call
-    branching: str = "fsb"  # fsb | babsr | width
-    iterations: int = 20  # alpha/beta steps per batch
-    refine: bool = True  # re-bound later ReLU layers per sub-domain (tighter; slower on deep CNNs)
-    split: str = "auto"  # relu | input (halve the input box) | auto (input for <= 16 features)
-    share: float = 0.5  # bab-milp: the fraction of time_limit branch and bound may use
+    batch: int = default(BabOptions, "batch")  # sub-domains split per bound call
+    branching: str = default(BabOptions, "branching")  # fsb | babsr | width
+    iterations: int = default(BabOptions, "iterations")  # alpha/beta steps per batch
+    root_iterations: int = default(BabOptions, "root_iterations")  # alpha steps at the root
+    lr_alpha: float = default(BabOptions, "lr_alpha")
+    lr_beta: float = default(BabOptions, "lr_beta")
+    # re-bound later ReLU layers per sub-domain (tighter; slower on deep CNNs)
+    refine: bool = default(BabOptions, "refine")
+    split: str = default(BabOptions, "split")  # relu | input (halve the input box) | auto (input for <= 16 features)
+    share: float = default(VerifyOptions, "bab_share")  # bab-milp: the fraction of time_limit branch and bound may use
+
+
+@dataclass
+class AttackConfig:
+    """verify()'s own PGD, run before the MILP or branch and bound (0 steps: none)."""
+
+    steps: int = default(VerifyOptions, "pgd_steps")
+    restarts: int = default(VerifyOptions, "pgd_restarts")
 
 
 @dataclass
@@ -45,27 +78,52 @@ class VerifyConfig:
     samples: str = "0:100"  # test indices first:stop (stop excluded)
     out: str = "results/verify"
     mode: str = "verify"  # verify | ladder (every certifier beside the exact answer, certtrain/verify/ladder.py)
-    objective: str = "robustness"  # robustness | min_distortion
-    norm: str = "linf"  # min_distortion: linf | l1
-    perturbation: str = "linf"  # linf | unrestricted | blur
-    blur_kernel_size: int = 3
+    objective: str = default(VerifyOptions, "objective")  # robustness | min_distortion
+    norm: str = default(VerifyOptions, "norm")  # min_distortion: linf | l1
+    perturbation: str = default(VerifyOptions, "perturbation")  # linf | unrestricted | blur
+    blur_kernel_size: int = default(VerifyOptions, "blur_kernel_size")
     targets: Optional[List[int]] = None  # null: untargeted
-    tightening: str = "lp"  # ibp | crown | lp | mip
-    solver: str = "highs"  # MIP solver: highs | scip (certtrain[scip]) | gurobi (certtrain[gurobi])
+    tightening: str = default(VerifyOptions, "tightening")  # ibp | crown | lp | mip
+    # MIP solver: highs | scip (certtrain[scip]) | gurobi (certtrain[gurobi])
+    solver: str = default(SolverOptions, "name")
     # milp | bab (PGD, alpha-CROWN, branch and bound) | bab-milp (then the MILP); VerifyOptions.method.
     # Not "method": conf/method is the training methods' group, which Hydra would read it as.
-    verifier: str = "milp"
+    verifier: str = default(VerifyOptions, "method")
     bab: BabConfig = field(default_factory=BabConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
-    time_limit: float = 120.0  # seconds per sample
-    tightening_time_limit: float = 1.0  # seconds per LP / MIP bound solve
+    time_limit: float = default(VerifyOptions, "time_limit")  # seconds per sample
+    tightening_time_limit: float = default(VerifyOptions, "tightening_time_limit")  # seconds per LP / MIP bound solve
     rerun: str = "never"  # never | always | timeouts | unresolved
-    threads: int = 1  # MIP solver and torch threads
-    pgd_steps: int = 50  # the PGD-error column (and verify's own attack uses 40)
+    threads: int = default(SolverOptions, "threads")  # MIP solver and torch threads
+    # the summary's PGD-error column (a reference beside the answer; verify's own attack is attack.*)
+    pgd_steps: int = 50
     pgd_restarts: int = 3
     # false: skip the per-sample reference columns (PGD pgd_steps x pgd_restarts, IBP, CROWN), which
     # double a large run's wall time; the summary then shows n/a for them (mode=verify only)
     references: bool = True
+
+
+def options_from_config(cfg: DictConfig, eps: float | None) -> VerifyOptions:
+    """verify()'s options from verify.py's config (eps: the resolved radius, e.g. a run's);
+    VerifyOptions checks every value."""
+    return VerifyOptions(
+        eps=eps,
+        objective=cfg.objective,
+        time_limit=cfg.time_limit,
+        tightening=cfg.tightening,
+        perturbation=cfg.perturbation,
+        norm=cfg.norm,
+        targets=OmegaConf.to_object(cfg.targets) if cfg.targets else None,
+        blur_kernel_size=cfg.blur_kernel_size,
+        pgd_steps=cfg.attack.steps,
+        pgd_restarts=cfg.attack.restarts,
+        tightening_time_limit=cfg.tightening_time_limit,
+        solver=SolverOptions(name=cfg.solver, threads=cfg.threads),
+        method=cfg.verifier,
+        bab=BabOptions(**{key: cfg.bab[key] for key in BAB_KEYS}),
+        bab_share=cfg.bab.share,
+    )
 
 
 def register_configs() -> None:

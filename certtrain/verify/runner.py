@@ -12,16 +12,14 @@ from pathlib import Path
 import highspy
 from omegaconf import DictConfig, OmegaConf
 
-from certtrain.bab import BabOptions
 from certtrain.checkpoints import weights_hash
 from certtrain.data import load_split
 from certtrain.models.zoo import stats_dataset
 from certtrain.provenance import git_commit
 from certtrain.verify.batch import RERUN, parse_samples, run_batch
-from certtrain.verify.encoding import SolverOptions
+from certtrain.verify.config import options_from_config
 from certtrain.verify.ladder import LADDER_COLUMNS, check_rungs, ladder_references, write_ladder
 from certtrain.verify.loading import load_network
-from certtrain.verify.options import VerifyOptions
 from certtrain.verify.run_folder import RunFolderError, read_run
 from certtrain.verify.vnnlib_runner import run_vnnlib
 
@@ -113,27 +111,7 @@ def run_from_config(cfg: DictConfig) -> dict:
     check_config(cfg)
     model_name, stats, dataset, weights, eps, run_folder = _network_source(cfg)
     targets = OmegaConf.to_object(cfg.targets) if cfg.targets else None
-    options = VerifyOptions(  # checked here, before the network and the data are loaded
-        eps=eps,
-        objective=cfg.objective,
-        time_limit=cfg.time_limit,
-        tightening=cfg.tightening,
-        perturbation=cfg.perturbation,
-        norm=cfg.norm,
-        targets=targets,
-        blur_kernel_size=cfg.blur_kernel_size,
-        tightening_time_limit=cfg.tightening_time_limit,
-        solver=SolverOptions(name=cfg.solver, threads=cfg.threads),
-        method=cfg.verifier,
-        bab=BabOptions(
-            batch=cfg.bab.batch,
-            branching=cfg.bab.branching,
-            iterations=cfg.bab.iterations,
-            refine=cfg.bab.refine,
-            split=cfg.bab.split,
-        ),
-        bab_share=cfg.bab.share,
-    )
+    options = options_from_config(cfg, eps)  # checked here, before the network and the data are loaded
     network = load_network(model_name, weights, stats)
     if cfg.vnnlib:
         return run_vnnlib(cfg, network, model_name, weights, dataset, options)
@@ -155,6 +133,7 @@ def run_from_config(cfg: DictConfig) -> dict:
         "tightening": cfg.tightening,
         "verifier": cfg.verifier,
         "bab": OmegaConf.to_container(cfg.bab),
+        "attack": OmegaConf.to_container(cfg.attack),
         "time_limit": cfg.time_limit,
         "pgd_steps": cfg.pgd_steps,
         "pgd_restarts": cfg.pgd_restarts,
