@@ -21,10 +21,10 @@ import torch
 from omegaconf import DictConfig
 
 from certtrain.data import DataError
-from certtrain.verify.config import register_configs
-from certtrain.verify.ladder import LadderViolation
-from certtrain.verify.run_folder import quote_path_overrides
-from certtrain.verify.runner import check_config, run_from_config
+from certtrain.ladder import LadderViolation
+from certtrain.verify_app.config import register_configs
+from certtrain.verify_app.run_folder import quote_path_overrides
+from certtrain.verify_app.runner import check_config, run_from_config
 
 register_configs()
 log = logging.getLogger("verify")

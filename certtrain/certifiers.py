@@ -1,5 +1,5 @@
 """One registry of the bound certifiers, read by training evaluation (certtrain.evaluate) and by
-the evaluation ladder (certtrain.verify.ladder) alike.
+the evaluation ladder (certtrain.ladder) alike.
 
 Each record names the certifier three ways (its key in configs and metrics.json, its row in
 ladder.md, its column stem in samples.csv), gives its lower bounds of C f(x) over a box, and its

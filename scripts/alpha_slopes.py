@@ -18,8 +18,8 @@ from certtrain.bounds.alpha import alpha_crown_lower
 from certtrain.bounds.graph import build_ops
 from certtrain.data import load_split, to_float
 from certtrain.losses import input_box
-from certtrain.verify.loading import load_network
-from certtrain.verify.run_folder import read_run
+from certtrain.verify_app.loading import load_network
+from certtrain.verify_app.run_folder import read_run
 
 VARIANTS = {
     "per neuron and row": {},

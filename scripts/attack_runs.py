@@ -19,8 +19,8 @@ import torch
 from certtrain.data import Split, load_split
 from certtrain.evaluate import evaluate
 from certtrain.provenance import git_commit
-from certtrain.verify.loading import load_network
-from certtrain.verify.run_folder import read_run
+from certtrain.verify_app.loading import load_network
+from certtrain.verify_app.run_folder import read_run
 
 ATTACK_FILE = "attack.json"
 CERTIFIED_BY = ("ibp", "crown-ibp")  # the union the training evaluation reports

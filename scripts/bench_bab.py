@@ -19,7 +19,7 @@ from certtrain.bab.bounding import SplitBounder, root_bounds
 from certtrain.bounds.graph import build_ops
 from certtrain.data import load_split
 from certtrain.models import build_model
-from certtrain.verify.loading import load_network
+from certtrain.verify_app.loading import load_network
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ from torch import nn
 from certtrain.bounds import margin_spec
 from certtrain.certifiers import BOUND_CERTIFIERS, soundness_pairs
 from certtrain.evaluate import CERTIFIERS as EVALUATION
-from certtrain.verify.ladder import CERTIFIERS as LADDER
-from certtrain.verify.ladder import ORDER
+from certtrain.ladder import CERTIFIERS as LADDER
+from certtrain.ladder import ORDER
 
 
 def test_evaluation_and_the_ladder_read_the_same_records():

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from certtrain.verify import VerifyOptions, verify
-from certtrain.verify.batch import COLUMNS, parse_samples, read_rows, run_batch
+from certtrain.verify_app.batch import COLUMNS, parse_samples, read_rows, run_batch
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING = ("solve_seconds", "total_seconds", "cpu_seconds")
@@ -238,7 +238,7 @@ def test_killed_command_line_run_resumes_to_the_same_csv(tmp_path):
 
 
 def test_without_references_the_exact_answers_stay_and_the_reference_columns_say_n_a(tmp_path):
-    from certtrain.verify.runner import no_references
+    from certtrain.verify_app.runner import no_references
 
     net, images, labels = tiny_problem()
     calls = []
@@ -264,7 +264,7 @@ def test_without_references_the_exact_answers_stay_and_the_reference_columns_say
 
 
 def test_a_run_saved_before_newer_settings_resumes_and_other_values_are_refused(tmp_path):
-    from certtrain.verify.batch import _check_settings
+    from certtrain.verify_app.batch import _check_settings
 
     now = {"eps": 0.1, "solver": "highs", "bab": {"batch": 64, "refine": True, "split": "auto"}}
     (tmp_path / "run.json").write_text(json.dumps({"eps": 0.1, "bab": {"batch": 64}}))  # before solver, refine, split

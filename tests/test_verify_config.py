@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 
 from certtrain.bab import BabOptions
 from certtrain.verify import VerifyOptions
-from certtrain.verify.config import BAB_KEYS, VerifyConfig, options_from_config
 from certtrain.verify.encoding import SolverOptions
+from certtrain.verify_app.config import BAB_KEYS, VerifyConfig, options_from_config
 
 
 def config(**overrides):

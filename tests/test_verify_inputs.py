@@ -9,9 +9,9 @@ from torch import nn
 
 from certtrain.models import build_model
 from certtrain.verify import UnsupportedNetworkError, VerifyOptions, verify
-from certtrain.verify.config import VerifyConfig
-from certtrain.verify.loading import WeightsError, load_network
-from certtrain.verify.runner import check_config
+from certtrain.verify_app.config import VerifyConfig
+from certtrain.verify_app.loading import WeightsError, load_network
+from certtrain.verify_app.runner import check_config
 
 
 def small_net():

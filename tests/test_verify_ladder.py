@@ -11,10 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from certtrain import ladder
 from certtrain.bab import BabOutcome
-from certtrain.verify import VerifyOptions, ladder
-from certtrain.verify.batch import run_batch
-from certtrain.verify.ladder import LADDER_COLUMNS, LadderViolation, ladder_references, violations, write_ladder
+from certtrain.ladder import LADDER_COLUMNS, LadderViolation, ladder_references, violations, write_ladder
+from certtrain.verify import VerifyOptions
+from certtrain.verify_app.batch import run_batch
 
 OPTIONS = VerifyOptions(eps=0.15, time_limit=30)
 

@@ -10,7 +10,7 @@ import torch
 from certtrain.attacks import pgd_attack
 from certtrain.data import load_split, to_float
 from certtrain.verify import VerifyOptions, verify
-from certtrain.verify.loading import load_network
+from certtrain.verify_app.loading import load_network
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 WEIGHTS = SHARED / "models" / "wk17a_linf0.1.pth"

@@ -13,8 +13,8 @@ from torch import nn
 
 from certtrain.layers import Normalize
 from certtrain.verify import VerifyOptions, verify
-from certtrain.verify.loading import load_network
-from certtrain.verify.onnx_import import UnsupportedOnnxError, load_onnx
+from certtrain.verify_app.loading import load_network
+from certtrain.verify_app.onnx_import import UnsupportedOnnxError, load_onnx
 
 
 def small_cnn():

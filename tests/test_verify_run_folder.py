@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from certtrain.checkpoints import weights_hash
-from certtrain.verify.run_folder import RunFolderError, quote_path_overrides, read_run
+from certtrain.verify_app.run_folder import RunFolderError, quote_path_overrides, read_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [

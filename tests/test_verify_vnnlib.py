@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from certtrain.verify import VerifyOptions
-from certtrain.verify.vnnlib import (
+from certtrain.verify_app.vnnlib import (
     VnnlibError,
     decide_vnnlib,
     format_result,

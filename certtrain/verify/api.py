@@ -19,13 +19,13 @@ from torch import nn
 
 from certtrain.bab import BabOptions, robustness_bab
 from certtrain.precision import certifier
+from certtrain.verify.attack import domain_pgd
 from certtrain.verify.formulation import build_formulation
 from certtrain.verify.network import model_dtype, network_steps
 from certtrain.verify.objectives import min_distortion, robustness
 from certtrain.verify.options import OBJECTIVES, VerifyOptions
 from certtrain.verify.perturbations import box as box_domain
 from certtrain.verify.perturbations import make_domain
-from certtrain.verify.references import domain_pgd
 from certtrain.verify.result import FloatNetwork, VerificationResult, as_tensor, representable
 from certtrain.verify.tightening import LEVELS, count_unstable, engine_bounds, intersect
 from certtrain.verify.witness import is_adversarial

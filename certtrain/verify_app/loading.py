@@ -11,7 +11,7 @@ from torch import nn
 
 from certtrain.checkpoints import read_state
 from certtrain.models import ARCHITECTURES, build_model
-from certtrain.verify.onnx_import import load_onnx
+from certtrain.verify_app.onnx_import import load_onnx
 
 log = logging.getLogger(__name__)
 

@@ -30,13 +30,13 @@ from certtrain.atomic import atomic_write_text
 from certtrain.bab import robustness_bab
 from certtrain.bounds import certified, margin_spec
 from certtrain.certifiers import BOUND_CERTIFIERS, soundness_pairs
-from certtrain.verify.batch import COLUMNS
 from certtrain.verify.network import model_dtype
 from certtrain.verify.options import VerifyOptions
 from certtrain.verify.perturbations import make_domain
-from certtrain.verify.references import pgd_finds
 from certtrain.verify.result import FloatNetwork
-from certtrain.verify.summary import csv_flag, write_summary
+from certtrain.verify_app.batch import COLUMNS
+from certtrain.verify_app.references import pgd_finds
+from certtrain.verify_app.summary import csv_flag, write_summary
 
 # label -> (column stem, function(model, x_L, x_U, C) -> lower bounds): the one registry's certifiers
 CERTIFIERS = {c.label: (c.stem, c.lower) for c in BOUND_CERTIFIERS}

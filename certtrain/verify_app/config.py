@@ -59,7 +59,7 @@ class AttackConfig:
 
 @dataclass
 class LadderConfig:
-    """mode=ladder; certtrain.verify.ladder.check_rungs checks the names."""
+    """mode=ladder; certtrain.ladder.check_rungs checks the names."""
 
     # null: every rung; else some of apgd, ibp, crown_ibp, crown_plain, crown_tight, alpha_crown,
     # alpha_crown_full, bab (PGD and the exact answer always run)
@@ -77,7 +77,7 @@ class VerifyConfig:
     eps: Optional[float] = None  # L-inf radius in pixel units [0, 1]; null: the run's eps (run=), or none
     samples: str = "0:100"  # test indices first:stop (stop excluded)
     out: str = "results/verify"
-    mode: str = "verify"  # verify | ladder (every certifier beside the exact answer, certtrain/verify/ladder.py)
+    mode: str = "verify"  # verify | ladder (every certifier beside the exact answer, certtrain/ladder.py)
     objective: str = default(VerifyOptions, "objective")  # robustness | min_distortion
     norm: str = default(VerifyOptions, "norm")  # min_distortion: linf | l1
     perturbation: str = default(VerifyOptions, "perturbation")  # linf | unrestricted | blur

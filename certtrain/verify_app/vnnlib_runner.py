@@ -18,7 +18,7 @@ import onnx
 from certtrain.atomic import atomic_write_text
 from certtrain.models import DATASET_STATS
 from certtrain.provenance import git_commit
-from certtrain.verify.vnnlib import decide_vnnlib, format_result, read_vnnlib
+from certtrain.verify_app.vnnlib import decide_vnnlib, format_result, read_vnnlib
 
 log = logging.getLogger(__name__)
 

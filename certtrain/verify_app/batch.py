@@ -25,9 +25,9 @@ from certtrain.data import to_float
 from certtrain.verify.api import verify
 from certtrain.verify.options import VerifyOptions
 from certtrain.verify.perturbations import make_domain
-from certtrain.verify.references import bound_verified, pgd_finds
 from certtrain.verify.result import RESOLVED, VerificationResult
-from certtrain.verify.summary import write_summary
+from certtrain.verify_app.references import bound_verified, pgd_finds
+from certtrain.verify_app.summary import write_summary
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from certtrain.checkpoints import weights_hash
 from certtrain.data import load_split
+from certtrain.ladder import LADDER_COLUMNS, check_rungs, ladder_references, write_ladder
 from certtrain.models.zoo import stats_dataset
 from certtrain.provenance import git_commit
-from certtrain.verify.batch import RERUN, parse_samples, run_batch
-from certtrain.verify.config import options_from_config
-from certtrain.verify.ladder import LADDER_COLUMNS, check_rungs, ladder_references, write_ladder
-from certtrain.verify.loading import load_network
-from certtrain.verify.run_folder import RunFolderError, read_run
-from certtrain.verify.vnnlib_runner import run_vnnlib
+from certtrain.verify_app.batch import RERUN, parse_samples, run_batch
+from certtrain.verify_app.config import options_from_config
+from certtrain.verify_app.loading import load_network
+from certtrain.verify_app.run_folder import RunFolderError, read_run
+from certtrain.verify_app.vnnlib_runner import run_vnnlib
 
 log = logging.getLogger(__name__)
 # mode -> what run_batch computes beside the exact answer, and how it summarises

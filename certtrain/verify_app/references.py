@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from certtrain.attacks import pgd_attack
 from certtrain.bounds import certified, compute_bounds, margin_spec
+from certtrain.verify.attack import domain_pgd
 from certtrain.verify.network import model_dtype
 from certtrain.verify.perturbations import InputDomain
 
@@ -27,25 +27,6 @@ def bound_verified(model: nn.Module, domain: InputDomain, label: int, method: st
         spec = margin_spec(torch.tensor([label]), num_classes).to(dtype)
         lower, _ = compute_bounds(model, x_L, x_U, C=spec, method=method)
     return bool(certified(lower)[0])
-
-
-def domain_pgd(
-    model: nn.Module, x: torch.Tensor, label: int, domain: InputDomain, steps: int, restarts: int
-) -> tuple[torch.Tensor, bool]:
-    """PGD (in the model's dtype, seeded) over the domain's box: (best point, misclassified?).
-    An unrestricted domain is the whole pixel box, radius 1 around x clipped to [0, 1]."""
-    radius = domain.eps if domain.name == "linf" else 1.0
-    with torch.enable_grad():
-        x_adv, found = pgd_attack(
-            model,
-            x.to(model_dtype(model)),
-            torch.tensor([label]),
-            radius,
-            steps=steps,
-            restarts=restarts,
-            generator=torch.Generator().manual_seed(0),
-        )
-    return x_adv, bool(found[0])
 
 
 def pgd_finds(model: nn.Module, x: torch.Tensor, label: int, domain: InputDomain, steps: int, restarts: int) -> bool:
