@@ -4,14 +4,13 @@
 is registered here, so `weights=` can then name an ONNX file.
 
 The keys that set one verify() call are VerifyOptions' (and BabOptions') fields: their defaults are
-read from those dataclasses (one source), and `options_from_config` is the one place that maps
+read from those dataclasses' class attributes (one source), and `options_from_config` is the one place that maps
 the command line onto them. The other keys belong to the batch app (which samples, where to, the
 reference columns).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -22,13 +21,6 @@ from certtrain.bab import BabOptions
 from certtrain.verify.encoding import SolverOptions
 from certtrain.verify.options import VerifyOptions
 
-
-def default(options: type, name: str):
-    """The default of a field of an options dataclass (the one source of verify's defaults)."""
-    (found,) = (f for f in dataclasses.fields(options) if f.name == name)
-    return found.default_factory() if found.default is dataclasses.MISSING else found.default
-
-
 # BabOptions fields the command line sets (dtype follows the network; easiest_first is bab-milp's)
 BAB_KEYS = ("batch", "branching", "iterations", "root_iterations", "lr_alpha", "lr_beta", "refine", "split")
 
@@ -37,24 +29,24 @@ BAB_KEYS = ("batch", "branching", "iterations", "root_iterations", "lr_alpha", "
 class BabConfig:
     """Branch and bound (method=bab | bab-milp); certtrain.bab.BabOptions checks the values."""
 
-    batch: int = default(BabOptions, "batch")  # sub-domains split per bound call
-    branching: str = default(BabOptions, "branching")  # fsb | babsr | width
-    iterations: int = default(BabOptions, "iterations")  # alpha/beta steps per batch
-    root_iterations: int = default(BabOptions, "root_iterations")  # alpha steps at the root
-    lr_alpha: float = default(BabOptions, "lr_alpha")
-    lr_beta: float = default(BabOptions, "lr_beta")
+    batch: int = BabOptions.batch  # sub-domains split per bound call
+    branching: str = BabOptions.branching  # fsb | babsr | width
+    iterations: int = BabOptions.iterations  # alpha/beta steps per batch
+    root_iterations: int = BabOptions.root_iterations  # alpha steps at the root
+    lr_alpha: float = BabOptions.lr_alpha
+    lr_beta: float = BabOptions.lr_beta
     # re-bound later ReLU layers per sub-domain (tighter; slower on deep CNNs)
-    refine: bool = default(BabOptions, "refine")
-    split: str = default(BabOptions, "split")  # relu | input (halve the input box) | auto (input for <= 16 features)
-    share: float = default(VerifyOptions, "bab_share")  # bab-milp: the fraction of time_limit branch and bound may use
+    refine: bool = BabOptions.refine
+    split: str = BabOptions.split  # relu | input (halve the input box) | auto (input for <= 16 features)
+    share: float = VerifyOptions.bab_share  # bab-milp: the fraction of time_limit branch and bound may use
 
 
 @dataclass
 class AttackConfig:
     """verify()'s own PGD, run before the MILP or branch and bound (0 steps: none)."""
 
-    steps: int = default(VerifyOptions, "pgd_steps")
-    restarts: int = default(VerifyOptions, "pgd_restarts")
+    steps: int = VerifyOptions.pgd_steps
+    restarts: int = VerifyOptions.pgd_restarts
 
 
 @dataclass
@@ -78,24 +70,24 @@ class VerifyConfig:
     samples: str = "0:100"  # test indices first:stop (stop excluded)
     out: str = "results/verify"
     mode: str = "verify"  # verify | ladder (every certifier beside the exact answer, certtrain/ladder.py)
-    objective: str = default(VerifyOptions, "objective")  # robustness | min_distortion
-    norm: str = default(VerifyOptions, "norm")  # min_distortion: linf | l1
-    perturbation: str = default(VerifyOptions, "perturbation")  # linf | unrestricted | blur
-    blur_kernel_size: int = default(VerifyOptions, "blur_kernel_size")
+    objective: str = VerifyOptions.objective  # robustness | min_distortion
+    norm: str = VerifyOptions.norm  # min_distortion: linf | l1
+    perturbation: str = VerifyOptions.perturbation  # linf | unrestricted | blur
+    blur_kernel_size: int = VerifyOptions.blur_kernel_size
     targets: Optional[List[int]] = None  # null: untargeted
-    tightening: str = default(VerifyOptions, "tightening")  # ibp | crown | lp | mip
+    tightening: str = VerifyOptions.tightening  # ibp | crown | lp | mip
     # MIP solver: highs | scip (certtrain[scip]) | gurobi (certtrain[gurobi])
-    solver: str = default(SolverOptions, "name")
+    solver: str = SolverOptions.name
     # milp | bab (PGD, alpha-CROWN, branch and bound) | bab-milp (then the MILP); VerifyOptions.method.
     # Not "method": conf/method is the training methods' group, which Hydra would read it as.
-    verifier: str = default(VerifyOptions, "method")
+    verifier: str = VerifyOptions.method
     bab: BabConfig = field(default_factory=BabConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     ladder: LadderConfig = field(default_factory=LadderConfig)
-    time_limit: float = default(VerifyOptions, "time_limit")  # seconds per sample
-    tightening_time_limit: float = default(VerifyOptions, "tightening_time_limit")  # seconds per LP / MIP bound solve
+    time_limit: float = VerifyOptions.time_limit  # seconds per sample
+    tightening_time_limit: float = VerifyOptions.tightening_time_limit  # seconds per LP / MIP bound solve
     rerun: str = "never"  # never | always | timeouts | unresolved
-    threads: int = default(SolverOptions, "threads")  # MIP solver and torch threads
+    threads: int = SolverOptions.threads  # MIP solver and torch threads
     # the summary's PGD-error column (a reference beside the answer; verify's own attack is attack.*)
     pgd_steps: int = 50
     pgd_restarts: int = 3
