@@ -309,6 +309,8 @@ def main(argv=None) -> None:
         "--default-commit", default="unknown", help="commit of runs whose metrics.json predates provenance"
     )
     args = parser.parse_args(argv)
+    if args.keep and not args.keep.is_file():
+        parser.error(f"--keep {args.keep}: no such table3.csv; pass the path of an earlier table3.csv, or drop --keep")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rows, curves = [], []
     for folder in args.folders:

@@ -110,3 +110,11 @@ def test_attack_runs_writes_pgd_and_apgd_figures_into_the_run_folder(data_dir, t
         assert attack["clean_err"] <= attack["pgd_err"][eps] <= attack["apgd_err"][eps] <= attack["verified_err"][eps]
     too_many = subprocess.run(command + ["--samples", "17"], capture_output=True, text=True, timeout=300)
     assert too_many.returncode != 0 and "test set has 16 images" in too_many.stderr
+
+
+def test_table3_keep_names_a_missing_csv(tmp_path):
+    command = [sys.executable, str(ROOT / "scripts" / "table3.py"), str(tmp_path), "--keep", str(tmp_path / "none.csv")]
+    command += ["--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and "no such table3.csv" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -80,3 +80,8 @@ def test_config_defaults_are_the_options_defaults():
     for key, _, option, _ in KEYS:
         if key != "targets":
             assert OmegaConf.select(cfg, key) == _get(options, option), key
+
+
+def test_a_negative_attack_names_its_command_line_key():
+    with pytest.raises(ValueError, match="attack.steps"):
+        options_from_config(config(**{"attack.steps": -1}), 0.1)

@@ -71,7 +71,10 @@ class VerifyOptions:
                 "must be positive seconds"
             )
         if self.pgd_steps < 0 or self.pgd_restarts < 0:
-            raise ValueError("pgd_steps and pgd_restarts must be >= 0 (0 steps: no attack)")
+            raise ValueError(
+                f"pgd_steps={self.pgd_steps}, pgd_restarts={self.pgd_restarts} (verify.py: attack.steps, "
+                "attack.restarts) must be >= 0 (0 steps: no attack)"
+            )
         if self.crown_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"crown_dtype must be torch.float32 or torch.float64, got {self.crown_dtype}")
         check_level(self.tightening)
