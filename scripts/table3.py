@@ -11,8 +11,9 @@ The commit column is the last commit made before the run started (from its train
 
     python scripts/table3.py runs/table3_protocol/eps0.6 --keep results/gm/table3.csv --out results/gm
 
---keep carries over an earlier table3.csv's rows of every training radius the folders do not hold
-(their run folders may be gone): the tables and figures are rebuilt from the CSV's figures.
+--keep carries over an earlier table3.csv's rows that no run in the folders replaces (a run of
+the same training radius, configuration and seed replaces its row; the others' run folders may be
+gone): the tables and figures are rebuilt from the CSV's figures.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ COLUMNS = [
     "eps_train",
     "kappa_final",
     "ramp_epochs",
+    "lr",
     "seed",
     "val_clean_err",
     "val_verified_err_0.3",
@@ -112,6 +114,7 @@ def row_of(run_dir: Path, metrics: dict, default_commit: str) -> dict:
         "eps_train": metrics["eps_train"],
         "kappa_final": config.get("method", {}).get("kappa_final", ""),
         "ramp_epochs": config.get("schedule", {}).get("ramp_epochs", ""),
+        "lr": config.get("lr", ""),
         "seed": metrics["seed"],
         "val_clean_err": val["clean_err"] if val else "",
         "val_verified_err_0.3": best_curve(val).get(0.3, "") if val else "",
@@ -159,10 +162,17 @@ def curve_of_row(row: dict) -> dict[float, float]:
     return {eps: float(row[f"verified_err_{eps}"]) for eps in RADII if row[f"verified_err_{eps}"] != ""}
 
 
-def kept_rows(path: Path, new_radii: set[float]) -> list[dict]:
+def _run_key(row: dict) -> tuple:
+    return (row["eps_train"], *_config_key(row), row["seed"])
+
+
+def kept_rows(path: Path, new_rows: list[dict]) -> list[dict]:
+    """The earlier CSV's rows less those a new run replaces (the same configuration and seed).
+    A CSV written before the lr column read "" there."""
     with open(path, newline="") as handle:
-        rows = [row_from_csv(record) for record in csv.DictReader(handle)]
-    return [row for row in rows if row["eps_train"] not in new_radii]
+        rows = [row_from_csv({"lr": "", **record}) for record in csv.DictReader(handle)]
+    replaced = {_run_key(row) for row in new_rows}
+    return [row for row in rows if _run_key(row) not in replaced]
 
 
 def label(row: dict) -> str:
@@ -198,7 +208,8 @@ def drawdown(rows_and_curves, eps_train: float) -> Figure:
             values = [[100 * curve[e] for _, curve in runs] for e in radii]
             mean = [statistics.mean(v) for v in values]
             sd = [statistics.stdev(v) for v in values]
-            name = label(runs[0][0]).rsplit(" (", 1)[0] + f", kappa_final {key[3]:g} ({len(runs)} seeds)"
+            name = label(runs[0][0]).rsplit(" (", 1)[0] + f", kappa_final {key[3]:g}"
+            name += (f", lr {key[5]:g}" if key[5] != "" else "") + f" ({len(runs)} seeds)"
             axes.plot(radii, mean, marker=".", label=name)
             axes.fill_between(radii, [m - d for m, d in zip(mean, sd)], [m + d for m, d in zip(mean, sd)], alpha=0.2)
     else:
@@ -239,10 +250,10 @@ def table_markdown(rows: list[dict], eps_train: float) -> list[str]:
     lines = [
         f"### eps_train {eps_train:g}: every run",
         "",
-        "| run | kappa_final | ramp | val verified 0.3 | "
+        "| run | kappa_final | ramp | lr | val verified 0.3 | "
         + " | ".join(MEASURE_NAMES)
         + " | epochs | minutes | commit |",
-        "| --- |" + " --- |" * (len(MEASURES) + 6),
+        "| --- |" + " --- |" * (len(MEASURES) + 7),
     ]
     key = lambda r: (
         r["method"],
@@ -250,11 +261,13 @@ def table_markdown(rows: list[dict], eps_train: float) -> list[str]:
         r["loss_fusion"],
         str(r["kappa_final"]),
         str(r["ramp_epochs"]),
+        str(r["lr"]),
         r["seed"],
     )
     for row in sorted(rows, key=key):
         name = label(row) + (" *degenerate objective*" if degenerate(row) else "")
-        cells = [name, f"{row['kappa_final']:g}", f"{row['ramp_epochs']:g}", _pct(row["val_verified_err_0.3"])]
+        lr = "-" if row["lr"] == "" else f"{row['lr']:g}"
+        cells = [name, f"{row['kappa_final']:g}", f"{row['ramp_epochs']:g}", lr, _pct(row["val_verified_err_0.3"])]
         cells += [_pct(row[m]) for m in MEASURES]
         cells += [str(row["epochs"]), f"{row['seconds'] / 60:.1f}", row["commit"]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -262,7 +275,15 @@ def table_markdown(rows: list[dict], eps_train: float) -> list[str]:
 
 
 def _config_key(row: dict) -> tuple:
-    return (row["method"], row["estimator"], row["loss_fusion"], row["kappa_final"], row["ramp_epochs"], row["epochs"])
+    return (
+        row["method"],
+        row["estimator"],
+        row["loss_fusion"],
+        row["kappa_final"],
+        row["ramp_epochs"],
+        row["lr"],
+        row["epochs"],
+    )
 
 
 def seeds_markdown(rows: list[dict], eps_train: float) -> list[str]:
@@ -286,9 +307,9 @@ def seeds_markdown(rows: list[dict], eps_train: float) -> list[str]:
         lines.append("| " + " | ".join(cells + [""] * (len(MEASURES) + 2 - len(cells))) + " |")
     for key in sorted(seeded, key=str):
         group = seeded[key]
-        method, estimator, fusion, kappa, ramp, _ = key
+        method, estimator, fusion, kappa, ramp, lr, _ = key
         name = " ".join([method] + ([estimator] if estimator != "all" else []) + (["fused"] if fusion else []))
-        name += f", kappa_final {kappa:g}, ramp {ramp:g}"
+        name += f", kappa_final {kappa:g}, ramp {ramp:g}" + (f", lr {lr:g}" if lr != "" else "")
         cells = [name, ", ".join(str(r["seed"]) for r in sorted(group, key=lambda r: r["seed"]))]
         for measure in MEASURES:
             values = [100 * float(r[measure]) for r in group if r[measure] != ""]
@@ -304,7 +325,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, default=Path("results/gm"))
-    parser.add_argument("--keep", type=Path, help="an earlier table3.csv: keep its rows of other training radii")
+    parser.add_argument("--keep", type=Path, help="an earlier table3.csv: keep its rows no new run replaces")
     parser.add_argument(
         "--default-commit", default="unknown", help="commit of runs whose metrics.json predates provenance"
     )
@@ -325,7 +346,7 @@ def main(argv=None) -> None:
             rows.append(row)
             curves.append((row, best_curve(metrics)))
     if args.keep:
-        kept = kept_rows(args.keep, {row["eps_train"] for row in rows})
+        kept = kept_rows(args.keep, rows)
         log.info("%d rows kept from %s", len(kept), args.keep)
         rows += kept
         curves += [(row, curve_of_row(row)) for row in kept]

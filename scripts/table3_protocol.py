@@ -165,6 +165,20 @@ def best_trial(
     return overrides, value
 
 
+def tune_jobs(
+    out: Path, eps_train: float, methods: list[str], blocks: int, kept: dict[tuple, float] | None
+) -> list[tuple[Path, list[str]]]:
+    """(run folder, overrides) of every trial still to run, the methods interleaved."""
+    jobs = []
+    for overrides in trial_overrides(blocks):
+        for method in methods:
+            if kept and (method, *_setting(overrides)) in kept:
+                continue  # ran before; its row in --kept stands for it
+            run_dir = tune_dir(out, eps_train, method) / trial_name(overrides)
+            jobs.append((run_dir, METHODS[method] + overrides + TUNE_SCALE + common(eps_train)))
+    return jobs
+
+
 def common(eps_train: float) -> list[str]:
     return [f"eps={SELECT_EPS:g}", f"eps_train={eps_train:g}"]
 
@@ -193,12 +207,7 @@ def main() -> None:
 
     jobs: list[tuple[Path, list[str]]] = []
     if args.stage == "tune":
-        for overrides in trial_overrides(args.blocks):
-            for method in args.methods:
-                if kept and (method, *_setting(overrides)) in kept:
-                    continue  # ran before; its row in --kept stands for it
-                run_dir = tune_dir(out, args.eps_train, method) / trial_name(overrides)
-                jobs.append((run_dir, METHODS[method] + overrides + TUNE_SCALE + common(args.eps_train)))
+        jobs = tune_jobs(out, args.eps_train, args.methods, args.blocks, kept)
     elif args.stage == "control":
         for method, flags in CONTROL.items():
             for seed in SEEDS:

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.test_training_cli import TINY, run_cli
@@ -17,10 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _fake_run(
-    folder: Path, method: str, kappa: float, seed: int, clean: float, verified: float, eps_train: float = 0.5
+    folder: Path,
+    method: str,
+    kappa: float,
+    seed: int,
+    clean: float,
+    verified: float,
+    eps_train: float = 0.5,
+    lr: float = 0.001,
 ) -> None:
     (folder / ".hydra").mkdir(parents=True)
-    config = {"method": {"name": method, "kappa_final": kappa}, "schedule": {"ramp_epochs": 10.0}}
+    config = {"method": {"name": method, "kappa_final": kappa}, "schedule": {"ramp_epochs": 10.0}, "lr": lr}
     (folder / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
     (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"method={method}", f"seed={seed}"]))
     curve = {f"{e:g}": verified for e in (0.1, 0.2, 0.3, 0.4, 0.5)}
@@ -118,3 +127,71 @@ def test_table3_keep_names_a_missing_csv(tmp_path):
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 2 and "no such table3.csv" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_table3_keep_replaces_only_the_rows_a_new_run_repeats(tmp_path):
+    for seed in (0, 1, 2):
+        _fake_run(tmp_path / "old" / f"seed{seed}", "ibp", 0.5, seed, 0.2, 0.5)
+    _table3(tmp_path / "old", "--out", tmp_path / "first")
+    _fake_run(tmp_path / "new" / "seed0", "ibp", 0.5, 0, 0.2, 0.45)  # the same configuration and seed
+    _fake_run(tmp_path / "new" / "lr", "ibp", 0.5, 0, 0.1, 0.4, lr=0.002)  # a new setting at the same radius
+    _table3(tmp_path / "new", "--keep", tmp_path / "first" / "table3.csv", "--out", tmp_path / "second")
+    rows = list(csv.DictReader(open(tmp_path / "second" / "table3.csv")))
+    by_run = {(r["lr"], r["seed"]): r["verified_err_0.3"] for r in rows}
+    assert by_run == {("0.001", "0"): "0.45", ("0.001", "1"): "0.5", ("0.001", "2"): "0.5", ("0.002", "0"): "0.4"}
+    table = (tmp_path / "second" / "table3.md").read_text()
+    assert "ibp, kappa_final 0.5, ramp 10, lr 0.001 | 0, 1, 2" in table
+
+
+def _protocol():
+    spec = importlib.util.spec_from_file_location("table3_protocol", ROOT / "scripts" / "table3_protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_protocol_selects_over_kept_rows_and_new_trials_and_runs_only_the_missing_ones(tmp_path):
+    protocol = _protocol()
+    first_block = protocol.trial_overrides(1)
+    kept_csv = tmp_path / "table3.csv"
+    with open(kept_csv, "w", newline="") as handle:  # a table3.csv from before the lr column
+        writer = csv.DictWriter(
+            handle, ["method", "eps_train", "kappa_final", "ramp_epochs", "seed", "val_verified_err_0.3"]
+        )
+        writer.writeheader()
+        for i, overrides in enumerate(first_block):
+            kappa, ramp, _ = protocol._setting(overrides)
+            writer.writerow(
+                dict(
+                    method="ibp",
+                    eps_train=0.5,
+                    kappa_final=kappa,
+                    ramp_epochs=ramp,
+                    seed=0,
+                    **{"val_verified_err_0.3": 0.6 - i / 100},
+                )
+            )
+            writer.writerow(
+                dict(
+                    method="ibp",
+                    eps_train=0.5,
+                    kappa_final=kappa,
+                    ramp_epochs=ramp,
+                    seed=1,
+                    **{"val_verified_err_0.3": 0.1},
+                )
+            )
+    kept = protocol.kept_objectives(kept_csv, 0.5)
+    assert len(kept) == len(first_block) and all(key[3] == protocol.RECIPE_LR for key in kept)  # seed 1 is no trial
+    jobs = protocol.tune_jobs(tmp_path, 0.5, ["ibp", "gm_ibp"], len(protocol.GRID), kept)
+    all_trials = protocol.trial_overrides()
+    assert len(jobs) == 2 * len(all_trials) - len(first_block)
+    assert not any(run_dir.parent.name == "ibp" and "lr" not in run_dir.name for run_dir, _ in jobs)
+    # the kept rows' best (0.6 - 3/100) loses to a finished new trial below it
+    best_kept = protocol.best_trial(tmp_path, 0.5, "ibp", kept)
+    assert best_kept == (first_block[-1], pytest.approx(0.57))
+    lr_trial = all_trials[-1]
+    _fake_run(protocol.tune_dir(tmp_path, 0.5, "ibp") / protocol.trial_name(lr_trial), "ibp", 0.5, 0, 0.1, 0.3)
+    assert protocol.best_trial(tmp_path, 0.5, "ibp", kept) == (lr_trial, pytest.approx(0.3))
+    assert protocol.seeds_dir(tmp_path, 0.5, "ibp", lr_trial).name == protocol.trial_name(lr_trial)
+    assert protocol.seeds_dir(tmp_path, 0.5, "ibp", first_block[0]).name == "ibp"
