@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from certtrain.checkpoints import CheckpointError
 from certtrain.config import ConfigError, register_configs
 from certtrain.data import DataError
-from certtrain.evaluate import best_verified, eps_key
+from certtrain.results import Errors, eps_key
 from certtrain.sweeps import clear_failed, mark_failed
 from certtrain.training import TrainingDiverged, train
 
@@ -55,8 +55,8 @@ def main(cfg: DictConfig) -> float:
         return float("nan")
     # The value a Hydra sweeper minimises: verified error at eps by the tightest certifier, on the
     # validation images when dataset.val_size holds some out (a sweep never selects on the test set).
-    selected = metrics.get("val", metrics)
-    return best_verified(selected["verified_err"]).get(eps_key(cfg.eps), selected["clean_err"])
+    selected = Errors.from_metrics(metrics.get("val", metrics))
+    return selected.best().get(eps_key(cfg.eps), selected.clean_err)
 
 
 if __name__ == "__main__":

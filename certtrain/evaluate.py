@@ -25,6 +25,7 @@ from certtrain.distributed import SINGLE, World, sum_over_ranks
 from certtrain.lipschitz import method as lipschitz_method
 from certtrain.losses import input_box
 from certtrain.precision import certifier
+from certtrain.results import BEST, Errors, eps_key
 
 Certifier = Callable[[nn.Module, torch.Tensor, torch.Tensor, float, int], torch.Tensor]
 
@@ -48,23 +49,16 @@ CERTIFIERS: dict[str, Certifier] = {c.name: _bound_certifier(c.lower) for c in B
 CERTIFIERS[lipschitz_method.CERTIFIER_NAME] = certifier(lipschitz_method.certifier)
 # Branch and bound, BAB_SECONDS per sample and radius; training builds it with eval.bab_seconds.
 CERTIFIERS["bab"] = bab_certifier()
-# The per-sample union of the evaluation's certifiers: certified if any of them proves it.
-BEST = "best"
 
 
-def best_verified(verified_err: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Per radius key, the verified error of the best certificate: the per-sample union ("best")
-    where the evaluation recorded it, else the lowest of the certifiers' figures (each is sound)."""
-    best: dict[str, float] = {}
-    for curve in verified_err.values():
-        for eps, err in curve.items():
-            best[eps] = min(err, best.get(eps, 1.0))
-    return {**best, **verified_err.get(BEST, {})}
-
-
-def eps_key(eps: float) -> str:
-    """How a radius appears in metric names and metrics.json: %g (0.1, 0.25, 2e-05)."""
-    return f"{eps:g}"
+def _sum_counts(counts: dict[str, torch.Tensor], world: World) -> dict[str, list[int]]:
+    """Every named count tensor summed over the ranks in one all-reduce, back under its name."""
+    flat = sum_over_ranks(torch.cat([c.reshape(-1) for c in counts.values()]), world).tolist()
+    summed, start = {}, 0
+    for name, count in counts.items():
+        summed[name] = flat[start : start + count.numel()]
+        start += count.numel()
+    return summed
 
 
 def evaluate(
@@ -85,8 +79,9 @@ def evaluate(
     certifiers: dict[str, Certifier] | None = None,
 ) -> dict:
     """{"clean_err": e, "pgd_err": {eps: e}, ["apgd_err": {eps: e},] "verified_err": {bound: {eps: e}},
-    "certify_seconds": {bound: s}} with eps keys %g; certify_seconds is each certifier's time over
-    the split (all radii; summed over ranks under torchrun). With two or more certifiers,
+    "certify_seconds": {bound: s}} with eps keys %g (certtrain.results.Errors.to_metrics; read it
+    back with Errors.from_metrics); certify_seconds is each certifier's time over the split (all
+    radii; summed over ranks under torchrun). With two or more certifiers,
     verified_err["best"] is the per-sample union: a sample counts as verified if any certifier
     proves it (never above any single certifier's figure).
 
@@ -152,28 +147,26 @@ def evaluate(
                     _wait_for(device)  # the cost of the certifier, not of its launch
                     seconds[b] += time.perf_counter() - start_time
             uncertified_by_all[i] += (~certified_by_any).sum()
-    counts = torch.cat(
-        [misclassified_count.view(1), attacked, apgd_attacked, uncertified.flatten(), uncertified_by_all]
-    )
-    counts = sum_over_ranks(counts, world).tolist()
+    counts = {"clean": misclassified_count, "pgd": attacked, "apgd": apgd_attacked, BEST: uncertified_by_all}
+    counts |= {f"uncertified/{bound}": uncertified[b] for b, bound in enumerate(bounds)}
+    counts = _sum_counts(counts, world)
     seconds = sum_over_ranks(torch.tensor(seconds, dtype=torch.float64, device=device), world).tolist()
     total = max(len(split), 1)
     radius = [eps_key(e) for e in eps_grid]
-    clean, attacked, counts = counts[0], counts[1 : 1 + radii], counts[1 + radii :]
-    apgd_attacked, counts = counts[:radii], counts[radii:]
-    uncertified = [counts[b * radii : (b + 1) * radii] for b in range(len(bounds))]
-    verified = {bound: dict(zip(radius, (n / total for n in uncertified[b]))) for b, bound in enumerate(bounds)}
+
+    def curve(name: str) -> dict[str, float]:
+        return dict(zip(radius, (n / total for n in counts[name])))
+
+    verified = {bound: curve(f"uncertified/{bound}") for bound in bounds}
     if len(bounds) > 1:
-        verified[BEST] = dict(zip(radius, (n / total for n in counts[len(bounds) * radii :])))
-    metrics = {
-        "clean_err": clean / total,
-        "pgd_err": dict(zip(radius, (n / total for n in attacked))),
-    }
-    if use_apgd:
-        metrics["apgd_err"] = dict(zip(radius, (n / total for n in apgd_attacked)))
-    metrics["verified_err"] = verified
-    metrics["certify_seconds"] = {bound: round(seconds[b], 3) for b, bound in enumerate(bounds)}
-    return metrics
+        verified[BEST] = curve(BEST)
+    return Errors(
+        clean_err=counts["clean"][0] / total,
+        pgd_err=curve("pgd"),
+        verified_err=verified,
+        apgd_err=curve("apgd") if use_apgd else None,
+        certify_seconds={bound: round(seconds[b], 3) for b, bound in enumerate(bounds)},
+    ).to_metrics()
 
 
 def _wait_for(device) -> None:

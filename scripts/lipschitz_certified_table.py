@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 from lipschitz_common import RESULTS
 
+from certtrain.results import Errors
+
 COLUMNS = [
     "dataset",
     "eps",
@@ -39,10 +41,12 @@ def rows_of(run: Path) -> list[dict]:
     overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
     command = "python train.py " + " ".join(o for o in overrides if not o.startswith("hydra."))
     rows = []
-    for eps in metrics["pgd_err"]:
-        curves = {name: curve[eps] for name, curve in metrics["verified_err"].items()}
-        certifier = min(curves, key=curves.get)
-        tied = "=".join(name for name, err in curves.items() if err == curves[certifier])  # e.g. ibp=lipschitz
+    errors = Errors.from_metrics(metrics)
+    for eps, best in errors.best().items():
+        curves = {name: errors.verified_err[name][eps] for name in errors.certifiers}
+        # the certifiers that reach the best figure (e.g. ibp=lipschitz); "union" where only the
+        # per-sample union does
+        tied = "=".join(name for name, err in curves.items() if err == best) or "union"
         rows.append(
             {
                 "dataset": metrics["dataset"],
@@ -50,7 +54,7 @@ def rows_of(run: Path) -> list[dict]:
                 "model": metrics["model"],
                 "method": metrics["method"],
                 "clean_err": f"{100 * metrics['clean_err']:.2f}",
-                "verified_err": f"{100 * curves[certifier]:.2f}",
+                "verified_err": f"{100 * best:.2f}",
                 "certifier": tied,
                 "epochs": metrics["epochs"],
                 "seconds": f"{metrics['seconds']:.0f}",

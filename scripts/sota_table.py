@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from certtrain.evaluate import best_verified
+from certtrain.results import Errors
 
 # CTBench (Mao et al. 2024), CNN7, CIFAR-10 2/255, clean / certified accuracy % as the issue quotes them.
 CTBENCH_CIFAR_2 = {
@@ -31,8 +31,8 @@ def read_run(folder: Path) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
     overrides = yaml.safe_load((folder / "overrides.yaml").read_text())
     radii = sorted(metrics["pgd_err"], key=float)
-    verified = metrics["verified_err"]
-    best = best_verified(verified)
+    errors = Errors.from_metrics(metrics)
+    best = errors.best()
     row = {
         "run": folder.name,
         "method": metrics["method"],
@@ -45,9 +45,8 @@ def read_run(folder: Path) -> dict:
     for r in radii:
         row[f"pgd_err@{r}"] = 100 * metrics["pgd_err"][r]
         row[f"verified_best@{r}"] = 100 * best[r]
-        for name, curve in verified.items():
-            if name != "best":
-                row[f"verified_{name}@{r}"] = 100 * curve[r]
+        for name in errors.certifiers:
+            row[f"verified_{name}@{r}"] = 100 * errors.verified_err[name][r]
     return row
 
 

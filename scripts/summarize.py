@@ -19,7 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from certtrain.atomic import atomic_savefig, atomic_write_text
-from certtrain.evaluate import best_verified
+from certtrain.results import Errors
 
 log = logging.getLogger("summarize")
 
@@ -101,7 +101,7 @@ def plot(runs: dict[str, dict], path: Path) -> None:
     figure = Figure(figsize=(6.5, 4), dpi=110)
     axes = figure.subplots()
     for name, m in runs.items():
-        curve = best_verified(m["verified_err"])
+        curve = Errors.from_metrics(m).best()
         radii = sorted(curve, key=float)
         axes.plot([float(e) for e in radii], [100 * curve[e] for e in radii], marker="o", label=name)
     axes.set_xlabel("eps_eval (L-inf, pixel units)")

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 from matplotlib.figure import Figure
 
-from certtrain.evaluate import best_verified
+from certtrain.results import Errors
 
 log = logging.getLogger("table3")
 
@@ -90,7 +90,7 @@ def commit_at_start(run_dir: Path) -> str | None:
 
 def best_curve(metrics: dict) -> dict[float, float]:
     """Per radius (a float, ascending), the best certificate's verified error."""
-    return dict(sorted((float(eps), err) for eps, err in best_verified(metrics["verified_err"]).items()))
+    return dict(sorted((float(eps), err) for eps, err in Errors.from_metrics(metrics).best().items()))
 
 
 def _attack(run_dir: Path) -> dict:

@@ -36,7 +36,7 @@ def test_each_rank_is_at_least_as_tight_as_the_one_below_on_random_networks():
 
 
 def test_the_best_certificate_per_radius_is_the_union_where_recorded_else_the_lowest():
-    from certtrain.evaluate import best_verified
+    from certtrain.results import best_verified
 
     curves = {"ibp": {"0.1": 0.3, "0.2": 0.5}, "crown-ibp": {"0.1": 0.4, "0.2": 0.45}}
     assert best_verified(curves) == {"0.1": 0.3, "0.2": 0.45}
