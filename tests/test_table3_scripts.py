@@ -1,4 +1,4 @@
-"""scripts/table3.py (mean +- sd over seeds, degenerate rows marked) and scripts/attack_runs.py
+"""experiments/gm/table3.py (mean +- sd over seeds, degenerate rows marked) and scripts/attack_runs.py
 (PGD and APGD on a finished run folder)."""
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def _fake_run(
 
 
 def _table3(*args) -> None:
-    command = [sys.executable, str(ROOT / "scripts" / "table3.py"), *map(str, args)]
+    command = [sys.executable, str(ROOT / "experiments" / "gm" / "table3.py"), *map(str, args)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
 
@@ -85,7 +85,13 @@ def test_table3_gives_mean_and_sd_over_seeds_and_marks_the_degenerate_rows(tmp_p
         _fake_run(tmp_path / "runs" / "ibp" / f"seed{seed}", "ibp", 0.5, seed, clean, 0.5)
     _fake_run(tmp_path / "runs" / "collapsed", "ibp", 0.0, 0, 0.8865, 0.8865)
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "table3.py"), str(tmp_path / "runs"), "--out", str(tmp_path / "out")],
+        [
+            sys.executable,
+            str(ROOT / "experiments" / "gm" / "table3.py"),
+            str(tmp_path / "runs"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -122,7 +128,13 @@ def test_attack_runs_writes_pgd_and_apgd_figures_into_the_run_folder(data_dir, t
 
 
 def test_table3_keep_names_a_missing_csv(tmp_path):
-    command = [sys.executable, str(ROOT / "scripts" / "table3.py"), str(tmp_path), "--keep", str(tmp_path / "none.csv")]
+    command = [
+        sys.executable,
+        str(ROOT / "experiments" / "gm" / "table3.py"),
+        str(tmp_path),
+        "--keep",
+        str(tmp_path / "none.csv"),
+    ]
     command += ["--out", str(tmp_path / "out")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 2 and "no such table3.csv" in result.stderr
@@ -144,7 +156,7 @@ def test_table3_keep_replaces_only_the_rows_a_new_run_repeats(tmp_path):
 
 
 def _protocol():
-    spec = importlib.util.spec_from_file_location("table3_protocol", ROOT / "scripts" / "table3_protocol.py")
+    spec = importlib.util.spec_from_file_location("table3_protocol", ROOT / "experiments" / "gm" / "table3_protocol.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

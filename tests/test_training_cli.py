@@ -164,7 +164,7 @@ def test_multirun_trains_every_method_in_folders_named_by_overrides(data_dir, tm
     assert not any("data_dir" in r.name for r in runs)  # the data location is not a hyper-parameter
 
     summary = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweep)],
+        [sys.executable, "-m", "certtrain.summarize", str(sweep)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -438,7 +438,7 @@ def test_summarize_lists_failed_and_incomplete_runs_without_crashing(tmp_path):
     (sweep / "failed").mkdir()
     (sweep / "failed" / "FAILED").write_text("ConfigError: eps=-0.1 is negative\n")
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "summarize.py"), str(sweep)],
+        [sys.executable, "-m", "certtrain.summarize", str(sweep)],
         capture_output=True,
         text=True,
         timeout=120,

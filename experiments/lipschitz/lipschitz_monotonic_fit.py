@@ -2,7 +2,7 @@
 against an unconstrained ReLU MLP, 10 seeds, in two settings: an extrapolation region (train on
 [0.5, 3], evaluate up to 8) and an interpolation gap (no training data in [2, 4]).
 
-    python scripts/lipschitz_monotonic_fit.py      # ~2 min on 2 cores
+    python experiments/lipschitz/lipschitz_monotonic_fit.py      # ~2 min on 2 cores
 Writes results/lipschitz/monotonic_fit.{md,png}.
 """
 

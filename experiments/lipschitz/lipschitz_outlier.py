@@ -1,7 +1,7 @@
 """Experiment 1: robustness to an outlier. y = sin(x) + noise (sigma 0.01, one point sigma 1),
 a Lipschitz GroupSort net (lambda 1) against an unconstrained ReLU MLP, 10 seeds each.
 
-    python scripts/lipschitz_outlier.py            # ~1 min on 2 cores
+    python experiments/lipschitz/lipschitz_outlier.py            # ~1 min on 2 cores
 Writes results/lipschitz/outlier.{md,png}.
 """
 

@@ -1,4 +1,4 @@
-"""Shared helpers of the scripts/lipschitz_*.py reproductions: provenance, small nets, a fit loop."""
+"""Shared helpers of the experiments/lipschitz/lipschitz_*.py reproductions: provenance, small nets, a fit loop."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 from certtrain.lipschitz import MonotonicWrapper
 from certtrain.lipschitz.zoo import lipschitz_stack
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "results" / "lipschitz"
 SHARED_DATA = REPO / ".." / "shared" / "data"
 

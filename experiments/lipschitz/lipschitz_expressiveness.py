@@ -3,7 +3,7 @@ r(theta) = 1.5 + 0.18 sin(8 theta), with a Lipschitz GroupSort net (lambda 1) to
 the same constrained net with ReLU instead of GroupSort shows the gradient-norm attenuation
 that GroupSort avoids.
 
-    python scripts/lipschitz_expressiveness.py     # ~10 min on 2 busy cores
+    python experiments/lipschitz/lipschitz_expressiveness.py     # ~10 min on 2 busy cores
 Writes results/lipschitz/expressiveness.{md,png}.
 
 The signed Euclidean distance is 1-Lipschitz in l2, hence in l1 (||.||_2 <= ||.||_1), so a net

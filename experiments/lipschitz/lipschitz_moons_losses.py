@@ -2,8 +2,8 @@
 Lipschitz bound 1) trained with MSE, BCE, BCE at temperature 16, hinge with margin 1 and 0.1, and
 hinge with a dynamic margin (half the l1 distance to the nearest training point of the other class).
 
-    python scripts/lipschitz_moons_losses.py               # noise 0.1 (the classes overlap)
-    python scripts/lipschitz_moons_losses.py --noise 0     # the paper's non-overlapping moons
+    python experiments/lipschitz/lipschitz_moons_losses.py               # noise 0.1 (the classes overlap)
+    python experiments/lipschitz/lipschitz_moons_losses.py --noise 0     # the paper's non-overlapping moons
 ~3 min each on one core. Writes results/lipschitz/moons_losses.{md,png} (noise 0.1) or
 moons_losses_noise<noise>.{md,png}.
 

@@ -1,7 +1,7 @@
 """Liang et al.'s Table 3 and Fig. 3 from certtrain's own runs: one CSV row per run, the drawdown
 figure (verified error against eps_eval, one curve per run).
 
-    python scripts/table3.py multirun/table3_eps0.5 multirun/table3_eps0.6 --out results/gm
+    python experiments/gm/table3.py multirun/table3_eps0.5 multirun/table3_eps0.6 --out results/gm
 
 Reads every metrics.json under the folders (runs of conf/experiment/table3_mnist.yaml or any
 run with the same evaluation grid). Verified error at a radius is the lower of the IBP and
@@ -9,7 +9,7 @@ CROWN-IBP certificates' errors (each is sound). Writes <out>/table3.csv and <out
 per training radius. A run folder without a readable metrics.json is listed as incomplete.
 The commit column is the last commit made before the run started (from its train.log).
 
-    python scripts/table3.py runs/table3_protocol/eps0.6 --keep results/gm/table3.csv --out results/gm
+    python experiments/gm/table3.py runs/table3_protocol/eps0.6 --keep results/gm/table3.csv --out results/gm
 
 --keep carries over an earlier table3.csv's rows that no run in the folders replaces (a run of
 the same training radius, configuration and seed replaces its row; the others' run folders may be
@@ -83,7 +83,7 @@ def commit_at_start(run_dir: Path) -> str | None:
         ["git", "log", "-1", "--format=%h", f"--before={started} +0000"],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     return result.stdout.strip() or None
 

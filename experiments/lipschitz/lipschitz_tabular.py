@@ -2,7 +2,7 @@
 vs unconstrained MLP vs LightGBM with monotone_constraints, 5 seeds, model selection on a
 validation split taken from the training data, and a monotonicity check of every trained model.
 
-    python scripts/lipschitz_tabular.py            # ~6 min on 2 cores
+    python experiments/lipschitz/lipschitz_tabular.py            # ~6 min on 2 cores
 Writes results/lipschitz/tabular.md.
 """
 

@@ -7,7 +7,7 @@ unconstrained classifier learns to reject the most signal-like region. Compared:
 ReLU MLP, LightGBM with monotone_constraints, and the monotone Lipschitz net (4 inputs, three
 hidden layers of width 20, GroupSort, lambda 2, monotone in x1 and x2).
 
-    pip install -e ".[tabular]" && python scripts/lipschitz_trigger.py   # lightgbm; ~3 min on 2 cores
+    pip install -e ".[tabular]" && python experiments/lipschitz/lipschitz_trigger.py   # lightgbm; ~3 min on 2 cores
 Writes results/lipschitz/trigger.{md,png}.
 """
 

@@ -1,7 +1,7 @@
 """Table of the short comparison runs: Lipschitz GroupSort MLP vs IBP-trained MLP of the same
 shape (two hidden layers of 512), read from the run folders' metrics.json and .hydra/overrides.yaml.
 
-    python scripts/lipschitz_mnist_table.py outputs/lipschitz_cmp outputs/lipschitz_cmp_cifar
+    python experiments/lipschitz/lipschitz_mnist_table.py outputs/lipschitz_cmp outputs/lipschitz_cmp_cifar
 Writes results/lipschitz/mnist_certified.md (MNIST and, when given, CIFAR-10 runs).
 """
 

@@ -3,7 +3,7 @@ and scale forms) against eq. 2.8 (each row on its own), and direct parametrisati
 projection after each step. MNIST, Lipschitz GroupSort(2) MLP 784-512-512-10, eps 0.1, the same
 recipe otherwise (conf/experiment/lipschitz_mnist.yaml, shortened).
 
-    python scripts/lipschitz_variants.py ../shared/data     # about 15 minutes on one core
+    python experiments/lipschitz/lipschitz_variants.py ../shared/data     # about 15 minutes on one core
 
 Writes results/lipschitz/variants.md; the run folders go to outputs/lipschitz_variants/.
 """

@@ -1,7 +1,7 @@
 """results/lipschitz/certified.csv: one row per (run, evaluation radius) of the given train.py
 run folders, full test sets, with the tightest certifier of each run.
 
-    python scripts/lipschitz_certified_table.py outputs/lipschitz_mnist_eps0.1 outputs/ibp_mnist_dm_small ...
+    python experiments/lipschitz/lipschitz_certified_table.py outputs/lipschitz_mnist_eps0.1 outputs/ibp_mnist_dm_small ...
 
 Columns: dataset, eps, model, method, clean_err, verified_err, certifier, epochs, seconds,
 command, commit (errors in %, the commit the run started from, the command rebuilt from the

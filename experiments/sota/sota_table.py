@@ -1,7 +1,7 @@
 """The CPU-scale table of results/sota: one row per method (mean +- sd over its seeds) from the
 run folders' metrics.json, beside CTBench's CNN7 rows, and a CSV with every run's command and commit.
 
-    python scripts/sota_table.py results/sota/*_seed* --out results/sota
+    python experiments/sota/sota_table.py results/sota/*_seed* --out results/sota
 
 Each run folder holds metrics.json and overrides.yaml (Hydra's record of the command line).
 """

@@ -1,10 +1,10 @@
 """Table 3 under a fair protocol: the same grid for every method at reduced scale, selection on
 validation images only, then the chosen configuration of each method with three seeds.
 
-    python scripts/table3_protocol.py tune  --eps-train 0.5 --out runs/table3_protocol   # the grid
-    python scripts/table3_protocol.py seeds --eps-train 0.5 --out runs/table3_protocol   # best x 3 seeds
-    python scripts/table3_protocol.py report --eps-train 0.5 --out runs/table3_protocol  # the choices
-    python scripts/table3_protocol.py control --out runs/table3_protocol  # IBP, CROWN-IBP at 0.4 x 3 seeds
+    python experiments/gm/table3_protocol.py tune  --eps-train 0.5 --out runs/table3_protocol   # the grid
+    python experiments/gm/table3_protocol.py seeds --eps-train 0.5 --out runs/table3_protocol   # best x 3 seeds
+    python experiments/gm/table3_protocol.py report --eps-train 0.5 --out runs/table3_protocol  # the choices
+    python experiments/gm/table3_protocol.py control --out runs/table3_protocol  # IBP, CROWN-IBP at 0.4 x 3 seeds
 
 The grid is a list of blocks (GRID). `--blocks 1` tunes the first only (what eps_train 0.6 ran);
 `--kept results/gm/table3.csv` lets the tuning rows of an earlier table stand in for trial folders
@@ -120,7 +120,7 @@ def tune_dir(out: Path, eps_train: float, method: str) -> Path:
 
 
 def _setting(overrides: list[str]) -> tuple[float, float, float]:
-    """(kappa_final, ramp_epochs, lr) of a trial, the columns scripts/table3.py writes."""
+    """(kappa_final, ramp_epochs, lr) of a trial, the columns experiments/gm/table3.py writes."""
     values = dict(o.split("=", 1) for o in overrides)
     lr = float(values.get("lr", RECIPE_LR))
     return float(values["method.kappa_final"]), float(values["schedule.ramp_epochs"]), lr

@@ -1,7 +1,7 @@
 """Turn the metrics.json files of a multirun folder into a table and a drawdown plot.
 
-    python scripts/summarize.py multirun/2026-11-23_20-00-00
-    python scripts/summarize.py multirun/2026-11-23_20-00-00 --out results/sweep
+    python -m certtrain.summarize multirun/2026-11-23_20-00-00
+    python -m certtrain.summarize multirun/2026-11-23_20-00-00 --out results/sweep
 
 Writes <out>.md and <out>.csv (one row per run: clean error, and PGD and verified error at every
 radius; a failed or incomplete run is listed with why, never dropped) and <out>.png (verified error against eps_eval, one curve per run, taking at each radius
