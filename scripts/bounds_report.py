@@ -12,11 +12,9 @@ import argparse
 import json
 import time
 
-import torch
-
 from certtrain.data import load_split
 from certtrain.evaluate import evaluate
-from certtrain.models import build_model
+from certtrain.verify_app.loading import load_network
 
 
 def main(argv=None):
@@ -30,8 +28,7 @@ def main(argv=None):
     parser.add_argument("--pgd-steps", type=int, default=50)
     parser.add_argument("--pgd-restarts", type=int, default=4)
     args = parser.parse_args(argv)
-    model = build_model(args.model, args.dataset)
-    model.load_state_dict(torch.load(args.weights, weights_only=True))
+    model = load_network(args.model, args.weights, args.dataset)
     test = load_split(args.dataset, "test", args.data_dir).subset(args.samples)
     report = {"model": args.model, "weights": args.weights, "eps": args.eps, "samples": len(test)}
     for bound in ("ibp", "crown-ibp", "crown"):

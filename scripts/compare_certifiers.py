@@ -19,7 +19,7 @@ import torch
 from certtrain.attacks import pgd_attack
 from certtrain.data import load_split, to_float
 from certtrain.evaluate import CERTIFIERS
-from certtrain.models import build_model
+from certtrain.verify_app.loading import load_network
 
 
 def main(argv=None) -> int:
@@ -33,10 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--certifiers", nargs="+", default=["ibp", "crown-ibp", "crown", "alpha-crown"])
     parser.add_argument("--data-dir", default="../shared/data")
     args = parser.parse_args(argv)
-    model = build_model(args.model, args.dataset)
-    state = torch.load(args.weights, map_location="cpu", weights_only=True)
-    model.load_state_dict(state.get("model", state))
-    model.eval()
+    model = load_network(args.model, args.weights, args.dataset)
     test = load_split(args.dataset, "test", args.data_dir).subset(args.samples)
     status = 0
     for eps in args.eps:

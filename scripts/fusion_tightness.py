@@ -18,14 +18,7 @@ import torch
 from certtrain.bounds import ce_upper_bound, lower_bounds, margin_spec
 from certtrain.data import load_split, to_float
 from certtrain.losses import input_box, robust_cross_entropy
-from certtrain.models import build_model
-
-
-def load_model(name: str, path: str) -> torch.nn.Module:
-    model = build_model(name, "mnist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(state.get("model", state))
-    return model.eval()
+from certtrain.verify_app.loading import load_network
 
 
 def main(argv=None) -> None:
@@ -36,7 +29,7 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--data-dir", default="../shared/data")
     args = parser.parse_args(argv)
-    model = load_model(args.model, args.weights)
+    model = load_network(args.model, args.weights, "mnist")
     test = load_split("mnist", "test", args.data_dir).subset(args.samples)
     x, y = to_float(test.images), test.labels
     for eps in args.eps:

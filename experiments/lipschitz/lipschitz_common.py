@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import subprocess
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -14,6 +13,7 @@ from torch import nn
 
 from certtrain.lipschitz import MonotonicWrapper
 from certtrain.lipschitz.zoo import lipschitz_stack
+from certtrain.provenance import git_commit
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "results" / "lipschitz"
@@ -22,12 +22,7 @@ SHARED_DATA = REPO / ".." / "shared" / "data"
 
 def provenance() -> str:
     """'command, commit, machine, date' line that every table and figure carries."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = git_commit()
     script = Path(sys.argv[0]).resolve().relative_to(REPO)
     command = " ".join(["python", str(script), *sys.argv[1:]])
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
