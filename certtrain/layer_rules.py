@@ -1,12 +1,14 @@
-"""Which layers each part of certtrain handles, in one table.
+"""Which layers each part of certtrain handles, and the rule each part applies, in one table.
 
-Three parts turn a layer into something they can reason about: the bound engine (interval and
-backward rules, certtrain.bounds.graph), the exact verifier's MILP encoding
-(certtrain.verify.network) and the Lipschitz bound (certtrain.lipschitz.bound). LAYER_RULES lists
-every layer type any of them handles, with an example instance and the parts that accept it;
-tests/test_layer_rules.py walks the table and fails when a part accepts a layer the table says
-it lacks, or lacks one the table says it has, and checks that each part refuses a layer it lacks
-with an error naming the layer. A new layer rule starts here.
+Three parts turn a layer into something they can reason about: the bound engine (the op whose
+interval and backward rules it propagates, certtrain.bounds.graph), the exact verifier's MILP
+encoding (certtrain.verify.network) and the Lipschitz bound (certtrain.lipschitz.bound). Each
+part registers its rule per layer type here with `@rule(part, LayerType)` and finds it with
+`rule_of(part, layer)`: the dispatch is this table, not a ladder of isinstance checks per part.
+LAYER_RULES lists every layer type any of them handles, with an example instance and the parts
+that accept it; tests/test_layer_rules.py checks that the registered rules are exactly the
+table's, runs each part on each example, and checks that a part refuses a layer it lacks with an
+error naming the layer. A new layer rule starts here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,36 @@ from torch import nn
 from certtrain.layers import GroupSort, Normalize
 
 PARTS = ("bounds", "milp", "lipschitz")
+
+# part -> layer type -> the part's rule for it (each part's module fills its own when imported).
+_RULES: dict[str, dict[type, Callable]] = {part: {} for part in PARTS}
+
+
+def rule(part: str, *layers: type) -> Callable[[Callable], Callable]:
+    """Decorator: register the function as `part`'s rule for each of `layers`."""
+    if part not in _RULES:
+        raise ValueError(f"unknown part {part!r}; choose from {PARTS}")
+
+    def register(function: Callable) -> Callable:
+        for layer in layers:
+            if layer in _RULES[part]:
+                raise ValueError(f"two {part} rules for {layer.__name__}")
+            _RULES[part][layer] = function
+        return function
+
+    return register
+
+
+def rule_of(part: str, layer: nn.Module) -> Callable | None:
+    """`part`'s rule for the layer, by its type's method resolution order (a subclass takes its
+    base's rule unless it registers its own); None where the part has none."""
+    rules = _RULES[part]
+    return next((rules[cls] for cls in type(layer).__mro__ if cls in rules), None)
+
+
+def registered(part: str) -> set[type]:
+    """The layer types `part` has rules for (once the part's module is imported)."""
+    return set(_RULES[part])
 
 
 @dataclass(frozen=True)
@@ -83,4 +115,5 @@ LAYER_RULES = (
         note="no MILP step: verify() cannot take GroupSort networks (input splitting can)",
     ),
     _rule(nn.Tanh, nn.Tanh, (6,), "lipschitz", note="1-Lipschitz; no bound or MILP rule"),
+    _rule(nn.Unflatten, lambda: nn.Unflatten(1, (2, 3)), (6,), "milp", note="a reshape in the MILP only"),
 )

@@ -9,7 +9,7 @@ from torch import nn
 
 from certtrain.bounds import UnsupportedLayerError
 from certtrain.bounds.graph import build_ops
-from certtrain.layer_rules import LAYER_RULES, PARTS
+from certtrain.layer_rules import LAYER_RULES, PARTS, registered, rule
 from certtrain.lipschitz import lipschitz_bound
 from certtrain.verify.network import UnsupportedNetworkError, network_steps
 
@@ -38,6 +38,19 @@ def test_the_table_lists_each_layer_type_once_and_only_known_parts():
     assert len(layers) == len(set(layers))
     assert all(rule.parts <= set(PARTS) and rule.parts for rule in LAYER_RULES)
     assert set(CHECKS) == set(PARTS)
+
+
+@pytest.mark.parametrize("part", PARTS)
+def test_the_rules_each_part_registered_are_the_tables(part):
+    # the parts' modules are imported above, so every rule they hold is registered
+    assert registered(part) == {r.layer for r in LAYER_RULES if part in r.parts}
+
+
+def test_a_second_rule_for_a_layer_is_refused():
+    with pytest.raises(ValueError, match="two bounds rules for Linear"):
+        rule("bounds", nn.Linear)(lambda index, layer, layer_input: None)
+    with pytest.raises(ValueError, match="unknown part"):
+        rule("onnx", nn.Linear)
 
 
 @pytest.mark.parametrize("rule", LAYER_RULES, ids=lambda rule: rule.layer.__name__)

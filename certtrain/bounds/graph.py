@@ -15,6 +15,7 @@ from certtrain.bounds.ops import (
     ReLUOp,
     ScaleShiftOp,
 )
+from certtrain.layer_rules import rule, rule_of
 from certtrain.layers import GroupSort, Normalize
 
 SUPPORTED = (
@@ -44,6 +45,7 @@ def _unsupported(index, layer, why=""):
     )
 
 
+@rule("bounds", nn.BatchNorm1d, nn.BatchNorm2d)
 def _batchnorm_op(index, layer, layer_input):
     """BatchNorm as a fixed per-channel affine map.
 
@@ -70,53 +72,76 @@ def _batchnorm_op(index, layer, layer_input):
     return ScaleShiftOp(scale, shift)
 
 
-def _make_op(index, layer, layer_input):
-    if isinstance(layer, nn.Linear):
-        return LinearOp(layer.weight, layer.bias)
-    if isinstance(layer, nn.Conv2d):
-        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            _unsupported(index, layer, "only numeric zero padding is supported")
-        return ConvOp(layer)
-    if isinstance(layer, nn.ReLU):
-        return ReLUOp()
-    if isinstance(layer, nn.Flatten):
-        if layer.start_dim != 1 or layer.end_dim != -1:
-            _unsupported(index, layer, "only Flatten(start_dim=1, end_dim=-1) is supported")
-        return FlattenOp()
-    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return _batchnorm_op(index, layer, layer_input)
-    if isinstance(layer, Normalize):
-        return ScaleShiftOp(1.0 / layer.std, -layer.mean / layer.std)
-    if isinstance(layer, nn.AvgPool2d):
-        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-        if pair(layer.padding) != (0, 0) or layer.ceil_mode or layer.divisor_override is not None:
-            _unsupported(index, layer, "only AvgPool2d without padding, ceil_mode or divisor_override")
-        return AvgPoolOp(pair(layer.kernel_size), pair(layer.stride))
-    if isinstance(layer, nn.MaxPool2d):
-        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-        if pair(layer.dilation) != (1, 1) or layer.ceil_mode or layer.return_indices:
-            _unsupported(index, layer, "only MaxPool2d with dilation 1, ceil_mode=False, return_indices=False")
-        return MaxPoolOp(
-            pair(layer.kernel_size),
-            pair(layer.stride if layer.stride is not None else layer.kernel_size),
-            pair(layer.padding),
+@rule("bounds", nn.Linear)
+def _linear_op(index, layer, layer_input):
+    return LinearOp(layer.weight, layer.bias)
+
+
+@rule("bounds", nn.Conv2d)
+def _conv_op(index, layer, layer_input):
+    if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+        _unsupported(index, layer, "only numeric zero padding is supported")
+    return ConvOp(layer)
+
+
+@rule("bounds", nn.ReLU)
+def _relu_op(index, layer, layer_input):
+    return ReLUOp()
+
+
+@rule("bounds", nn.Flatten)
+def _flatten_op(index, layer, layer_input):
+    if layer.start_dim != 1 or layer.end_dim != -1:
+        _unsupported(index, layer, "only Flatten(start_dim=1, end_dim=-1) is supported")
+    return FlattenOp()
+
+
+@rule("bounds", Normalize)
+def _normalize_op(index, layer, layer_input):
+    return ScaleShiftOp(1.0 / layer.std, -layer.mean / layer.std)
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+@rule("bounds", nn.AvgPool2d)
+def _avgpool_op(index, layer, layer_input):
+    if _pair(layer.padding) != (0, 0) or layer.ceil_mode or layer.divisor_override is not None:
+        _unsupported(index, layer, "only AvgPool2d without padding, ceil_mode or divisor_override")
+    return AvgPoolOp(_pair(layer.kernel_size), _pair(layer.stride))
+
+
+@rule("bounds", nn.MaxPool2d)
+def _maxpool_op(index, layer, layer_input):
+    if _pair(layer.dilation) != (1, 1) or layer.ceil_mode or layer.return_indices:
+        _unsupported(index, layer, "only MaxPool2d with dilation 1, ceil_mode=False, return_indices=False")
+    stride = layer.stride if layer.stride is not None else layer.kernel_size
+    return MaxPoolOp(_pair(layer.kernel_size), _pair(stride), _pair(layer.padding))
+
+
+@rule("bounds", GroupSort)
+def _groupsort_op(index, layer, layer_input):
+    return GroupSortOp(layer.group_size)
+
+
+@rule("bounds", nn.Identity, nn.Dropout)
+def _identity_op(index, layer, layer_input):
+    """No op: the layer passes its input through (Dropout only in eval mode, or with p = 0)."""
+    if isinstance(layer, nn.Dropout) and layer.training and layer.p > 0:
+        raise UnsupportedLayerError(
+            f"layer {index} (Dropout) is in training mode, where the network is random: "
+            "call model.eval() before bounding, or drop the Dropout layer"
         )
-    if isinstance(layer, GroupSort):
-        return GroupSortOp(layer.group_size)
-    _unsupported(index, layer)
+    return None
 
 
-def _is_identity(index, layer) -> bool:
-    if isinstance(layer, nn.Identity):
-        return True
-    if isinstance(layer, nn.Dropout):
-        if layer.training and layer.p > 0:
-            raise UnsupportedLayerError(
-                f"layer {index} (Dropout) is in training mode, where the network is random: "
-                "call model.eval() before bounding, or drop the Dropout layer"
-            )
-        return True
-    return False
+def _make_op(index, layer, layer_input):
+    """The layer's op (None for a pass-through layer), by the rule certtrain.layer_rules holds."""
+    make = rule_of("bounds", layer)
+    if make is None:
+        _unsupported(index, layer)
+    return make(index, layer, layer_input)
 
 
 def build_ops(model: nn.Module, x: torch.Tensor | None, sample: torch.Tensor):
@@ -127,21 +152,24 @@ def build_ops(model: nn.Module, x: torch.Tensor | None, sample: torch.Tensor):
     Returns (ops, layer_index, out_shape): layer_index[k] is the position in
     flatten_layers(model) of the layer behind ops[k]; out_shape is the output shape (no batch).
     """
-    layers = [(i, layer) for i, layer in enumerate(flatten_layers(model)) if not _is_identity(i, layer)]
-    if not layers:
-        raise UnsupportedLayerError("the model has no layer the bound engine can propagate through")
-    ops = []
+    layers = list(enumerate(flatten_layers(model)))
+    ops, op_layers = [], []
     clean = x
     probe = sample[:1]
     for index, layer in layers:
         op = _make_op(index, layer, clean)
+        if op is None:
+            continue
         op.in_shape = tuple(probe.shape[1:])
         with torch.no_grad():
             probe = op.forward(probe)
         if clean is not None and _needs_clean_input(layers, index):
             clean = op.forward(clean)
         ops.append(op)
-    return ops, [index for index, _ in layers], tuple(probe.shape[1:])
+        op_layers.append(index)
+    if not ops:
+        raise UnsupportedLayerError("the model has no layer the bound engine can propagate through")
+    return ops, op_layers, tuple(probe.shape[1:])
 
 
 def _needs_clean_input(layers, index) -> bool:

@@ -9,6 +9,7 @@ import math
 import torch
 from torch import nn
 
+from certtrain.layer_rules import rule, rule_of
 from certtrain.layers import GroupSort, Normalize
 from certtrain.lipschitz.layers import KINDS, _check_kind, operator_norm
 
@@ -16,26 +17,39 @@ from certtrain.lipschitz.layers import KINDS, _check_kind, operator_norm
 _ONE_LIPSCHITZ = (GroupSort, nn.ReLU, nn.Identity, nn.Flatten, nn.Dropout, nn.Tanh)
 
 
+@rule("lipschitz", nn.Linear)
+def _linear_norms(module: nn.Linear) -> list[dict[str, torch.Tensor]]:
+    weight = module.weight.detach()
+    return [{kind: operator_norm(weight, kind) for kind in KINDS}]
+
+
+@rule("lipschitz", Normalize)
+def _normalize_norms(module: Normalize) -> list[dict[str, torch.Tensor]]:
+    gain = (1.0 / module.std).max()  # a diagonal scaling: every norm is its largest entry
+    return [dict.fromkeys(KINDS, gain)]
+
+
+@rule("lipschitz", *_ONE_LIPSCHITZ)
+def _one_lipschitz(module: nn.Module) -> list[dict[str, torch.Tensor]]:
+    return []
+
+
 def _layer_norms(module: nn.Module) -> list[dict[str, torch.Tensor]]:
     """Per-layer operator norms {kind: 0-dim tensor on the weights' device} in forward order
-    (nested Sequentials flattened). Tensors, not floats: a training step reads nothing back to
-    the host (one synchronisation per layer and step on a GPU)."""
+    (nested Sequentials flattened), by the rules certtrain.layer_rules holds. Tensors, not
+    floats: a training step reads nothing back to the host (one synchronisation per layer and
+    step on a GPU)."""
     if isinstance(module, nn.Sequential):
         return [n for child in module for n in _layer_norms(child)]
     if hasattr(module, "lipschitz_bound"):
         raise ValueError(f"a {type(module).__name__} can only be the outermost module for lipschitz_bound")
-    if isinstance(module, nn.Linear):
-        weight = module.weight.detach()
-        return [{kind: operator_norm(weight, kind) for kind in KINDS}]
-    if isinstance(module, Normalize):
-        gain = (1.0 / module.std).max()  # a diagonal scaling: every norm is its largest entry
-        return [dict.fromkeys(KINDS, gain)]
-    if isinstance(module, _ONE_LIPSCHITZ):
-        return []
-    raise ValueError(
-        f"lipschitz_bound: no Lipschitz rule for layer {type(module).__name__}; use Linear/LipschitzLinear, "
-        "GroupSort, ReLU, Flatten, Identity, Dropout or Normalize"
-    )
+    norms = rule_of("lipschitz", module)
+    if norms is None:
+        raise ValueError(
+            f"lipschitz_bound: no Lipschitz rule for layer {type(module).__name__}; use Linear/LipschitzLinear, "
+            "GroupSort, ReLU, Flatten, Identity, Dropout or Normalize"
+        )
+    return norms(module)
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from certtrain.bounds import flatten_layers
+from certtrain.layer_rules import rule, rule_of
 from certtrain.layers import Normalize
 
 RESHAPES = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
@@ -123,35 +124,57 @@ def _diagonal(scale: torch.Tensor, shift: torch.Tensor, in_shape) -> Affine:
     return Affine(sp.diags(np.repeat(scale, per_channel)).tocsr(), np.repeat(shift, per_channel))
 
 
+@rule("milp", nn.Linear)
+def _linear_step(layer: nn.Linear, in_shape) -> Affine:
+    bias = np.zeros(layer.out_features) if layer.bias is None else layer.bias.detach().double().numpy()
+    return Affine(sp.csr_matrix(layer.weight.detach().double().numpy()), bias)
+
+
+rule("milp", nn.Conv2d)(_conv_matrix)
+rule("milp", nn.AvgPool2d)(_avgpool_matrix)
+
+
+@rule("milp", nn.ReLU)
+def _relu_step(layer, in_shape) -> Relu:
+    return Relu()
+
+
+@rule("milp", Normalize)
+def _normalize_step(layer: Normalize, in_shape) -> Affine:
+    scale = 1.0 / layer.std
+    return _diagonal(scale, -layer.mean * scale, in_shape)
+
+
+@rule("milp", nn.BatchNorm1d, nn.BatchNorm2d)
+def _batchnorm_step(layer, in_shape) -> Affine:
+    if layer.training:
+        raise UnsupportedNetworkError(f"{layer}: put the model in eval mode (model.eval()) before verifying")
+    scale = (layer.weight if layer.affine else 1.0) / torch.sqrt(layer.running_var + layer.eps)
+    bias = layer.bias if layer.affine else torch.zeros_like(scale)
+    return _diagonal(scale, bias - layer.running_mean * scale, in_shape)
+
+
+@rule("milp", nn.MaxPool2d)
+def _maxpool_step(layer: nn.MaxPool2d, in_shape) -> MaxPool:
+    if layer.ceil_mode or layer.return_indices:
+        raise UnsupportedNetworkError(f"{layer}: only ceil_mode=False without return_indices is encoded")
+    return MaxPool(_pool_windows(layer, in_shape, layer.dilation))
+
+
+@rule("milp", *RESHAPES)
+def _reshape_step(layer, in_shape) -> Reshape:
+    return Reshape()
+
+
 def _make_op(layer: nn.Module, in_shape):
-    if isinstance(layer, nn.Linear):
-        bias = np.zeros(layer.out_features) if layer.bias is None else layer.bias.detach().double().numpy()
-        return Affine(sp.csr_matrix(layer.weight.detach().double().numpy()), bias)
-    if isinstance(layer, nn.Conv2d):
-        return _conv_matrix(layer, in_shape)
-    if isinstance(layer, nn.ReLU):
-        return Relu()
-    if isinstance(layer, Normalize):
-        scale = 1.0 / layer.std
-        return _diagonal(scale, -layer.mean * scale, in_shape)
-    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        if layer.training:
-            raise UnsupportedNetworkError(f"{layer}: put the model in eval mode (model.eval()) before verifying")
-        scale = (layer.weight if layer.affine else 1.0) / torch.sqrt(layer.running_var + layer.eps)
-        bias = layer.bias if layer.affine else torch.zeros_like(scale)
-        return _diagonal(scale, bias - layer.running_mean * scale, in_shape)
-    if isinstance(layer, nn.AvgPool2d):
-        return _avgpool_matrix(layer, in_shape)
-    if isinstance(layer, nn.MaxPool2d):
-        if layer.ceil_mode or layer.return_indices:
-            raise UnsupportedNetworkError(f"{layer}: only ceil_mode=False without return_indices is encoded")
-        return MaxPool(_pool_windows(layer, in_shape, layer.dilation))
-    if isinstance(layer, RESHAPES):
-        return Reshape()
-    raise UnsupportedNetworkError(
-        f"layer {type(layer).__name__} ({layer}) has no MILP encoding; supported: Linear, Conv2d, ReLU, "
-        "MaxPool2d, AvgPool2d, BatchNorm (eval), Normalize, Flatten, Identity, Dropout"
-    )
+    """The layer's step, by the rule certtrain.layer_rules holds."""
+    make = rule_of("milp", layer)
+    if make is None:
+        raise UnsupportedNetworkError(
+            f"layer {type(layer).__name__} ({layer}) has no MILP encoding; supported: Linear, Conv2d, ReLU, "
+            "MaxPool2d, AvgPool2d, BatchNorm (eval), Normalize, Flatten, Unflatten, Identity, Dropout"
+        )
+    return make(layer, in_shape)
 
 
 def network_steps(model: nn.Module, input_shape: tuple[int, ...]) -> list[Step]:
