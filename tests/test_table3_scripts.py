@@ -173,26 +173,9 @@ def test_protocol_selects_over_kept_rows_and_new_trials_and_runs_only_the_missin
         writer.writeheader()
         for i, overrides in enumerate(first_block):
             kappa, ramp, _ = protocol._setting(overrides)
-            writer.writerow(
-                dict(
-                    method="ibp",
-                    eps_train=0.5,
-                    kappa_final=kappa,
-                    ramp_epochs=ramp,
-                    seed=0,
-                    **{"val_verified_err_0.3": 0.6 - i / 100},
-                )
-            )
-            writer.writerow(
-                dict(
-                    method="ibp",
-                    eps_train=0.5,
-                    kappa_final=kappa,
-                    ramp_epochs=ramp,
-                    seed=1,
-                    **{"val_verified_err_0.3": 0.1},
-                )
-            )
+            setting = dict(method="ibp", eps_train=0.5, kappa_final=kappa, ramp_epochs=ramp)
+            writer.writerow({**setting, "seed": 0, "val_verified_err_0.3": 0.6 - i / 100})
+            writer.writerow({**setting, "seed": 1, "val_verified_err_0.3": 0.1})  # no tuning trial
     kept = protocol.kept_objectives(kept_csv, 0.5)
     assert len(kept) == len(first_block) and all(key[3] == protocol.RECIPE_LR for key in kept)  # seed 1 is no trial
     jobs = protocol.tune_jobs(tmp_path, 0.5, ["ibp", "gm_ibp"], len(protocol.GRID), kept)
