@@ -17,11 +17,9 @@ certifier, not a training loss.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-from certtrain.bounds.backward import backward_lower, crown_intermediate_pass
+from certtrain.bounds.backward import backward_lower, crown_intermediate_pass, unstable_rows
 from certtrain.bounds.interval import interval_with_spec
 from certtrain.bounds.ops import AffineOp, ReLUOp
 
@@ -112,18 +110,17 @@ def _optimised_intermediate_bounds(ops, in_bounds, x_L, x_U, iterations, lr):
     relus = [i for i, op in enumerate(ops) if isinstance(op, ReLUOp)]
     for index in relus[1:]:
         lower, upper = (t.flatten(1) for t in bounds[index])
-        rows = ((lower < 0) & (upper > 0)).any(dim=0).nonzero().flatten()
+        rows = unstable_rows(lower, upper)
         if len(rows):
-            shape = ops[index].in_shape
-            spec = torch.zeros(2 * len(rows), math.prod(shape), dtype=x_L.dtype, device=x_L.device)
-            spec[torch.arange(len(rows)), rows] = 1.0
-            spec[len(rows) + torch.arange(len(rows)), rows] = -1.0
-            spec = spec.reshape(1, 2 * len(rows), *shape)  # shared by the batch (Ba = 1)
-            floor = torch.cat((lower[:, rows], -upper[:, rows]), dim=1)
+            shape, neurons = ops[index].in_shape, lower.shape[1]
+            spec = torch.cat(
+                (rows.spec(0, len(rows), neurons, x_L.dtype), rows.spec(0, len(rows), neurons, x_L.dtype, -1.0)), dim=1
+            )
+            spec = spec.reshape(spec.shape[0], 2 * len(rows), *shape)  # shared by the batch, or per sample
+            floor = torch.cat((rows.gather(lower), -rows.gather(upper)), dim=1)
             best = _optimise_slopes(ops[:index], spec, bounds, x_L, x_U, iterations, lr, floor)
-            lower, upper = lower.clone(), upper.clone()
-            lower[:, rows] = best[:, : len(rows)]
-            upper[:, rows] = -best[:, len(rows) :]
+            lower = rows.write(lower, best[:, : len(rows)])
+            upper = rows.write(upper, -best[:, len(rows) :])
             bounds[index] = (lower.view_as(bounds[index][0]), upper.view_as(bounds[index][1]))
         # affine ops up to the next ReLU: the interval image of the tighter bounds, intersected
         for after in range(index, len(ops)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -74,18 +75,75 @@ def _interval_is_exact(ops) -> bool:
     return general <= 1
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Which neurons of a layer (flat indices) to bound, for a batch of B samples.
+
+    Shared (`per_sample` False): `index` (R,), the same rows for every sample, bounded by a spec
+    the batch shares. Per sample: `index` (B, R), each sample's own rows padded to the largest
+    count, `valid` (B, R) marking the real ones (padding rows are zero and never written back).
+    """
+
+    index: torch.Tensor
+    valid: torch.Tensor | None = None
+
+    @property
+    def per_sample(self) -> bool:
+        return self.index.dim() == 2
+
+    def __len__(self) -> int:
+        return self.index.shape[-1]
+
+    def spec(self, start: int, stop: int, neurons: int, dtype, sign: float = 1.0) -> torch.Tensor:
+        """One-hot rows start:stop, (1 or B, stop - start, neurons), times sign."""
+        if not self.per_sample:
+            picked = self.index[start:stop]
+            spec = torch.zeros(len(picked), neurons, dtype=dtype, device=picked.device)
+            spec[torch.arange(len(picked), device=picked.device), picked] = sign
+            return spec.unsqueeze(0)
+        picked, valid = self.index[:, start:stop], self.valid[:, start:stop]
+        spec = torch.zeros(*picked.shape, neurons, dtype=dtype, device=picked.device)
+        return spec.scatter_(2, picked.unsqueeze(-1), sign * valid.unsqueeze(-1).to(dtype))
+
+    def gather(self, values: torch.Tensor) -> torch.Tensor:
+        """values (B, N) at the rows: (B, R)."""
+        return values[:, self.index] if not self.per_sample else values.gather(1, self.index)
+
+    def write(self, values: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """A copy of values (B, N) with new (B, R) at the rows (the real ones only)."""
+        out = values.clone()
+        if not self.per_sample:
+            out[:, self.index] = new
+            return out
+        return out.scatter_(1, self.index, torch.where(self.valid, new, values.gather(1, self.index)))
+
+
+def unstable_rows(lower: torch.Tensor, upper: torch.Tensor) -> Rows:
+    """The neurons with l < 0 < u of (B, N) bounds. Shared rows (unstable in some sample) cost the
+    first op of the backward pass once for the batch; per-sample rows cost it B times but the
+    rest of the pass only each sample's own count. Per sample where a sample's largest count is
+    at most half the union's (distinct images: measured 1/3 to 1/4 on DM-small), shared where
+    the samples are alike (branch and bound's sub-domains of one box)."""
+    unstable = (lower < 0) & (upper > 0)
+    union = unstable.any(dim=0).nonzero().flatten()
+    largest = int(unstable.sum(1).max()) if unstable.numel() else 0
+    if unstable.shape[0] == 1 or 2 * largest > len(union):
+        return Rows(union)
+    order = torch.argsort(unstable.to(torch.uint8), dim=1, descending=True, stable=True)[:, :largest]
+    return Rows(order, unstable.gather(1, order))
+
+
 def crown_output_bounds(ops, rows, shape, in_bounds, x_L, x_U):
-    """Bounds of the output neurons `rows` (flat indices) of ops(x), whose output has `shape`
-    (no batch): one backward pass per chunk of rows. Returns (lower, upper), (B, len(rows))."""
+    """Bounds of the output neurons `rows` (flat indices (R,), or a Rows) of ops(x), whose output
+    has `shape` (no batch): one backward pass per chunk of rows. Returns (lower, upper), (B, R)."""
+    rows = rows if isinstance(rows, Rows) else Rows(rows)
     batch = x_L.shape[0]
     widest = max([math.prod(op.in_shape) for op in ops] + [math.prod(shape)])
     chunk = max(1, ROW_CHUNK_ELEMENTS // (2 * batch * widest))
     lowers, uppers = [], []
     for start in range(0, len(rows), chunk):
-        picked = rows[start : start + chunk]
-        spec = torch.zeros(len(picked), math.prod(shape), dtype=x_L.dtype, device=x_L.device)
-        spec[torch.arange(len(picked)), picked] = 1.0
-        lower, upper = backward_bounds(ops, spec.reshape(1, len(picked), *shape), in_bounds, x_L, x_U)
+        spec = rows.spec(start, start + chunk, math.prod(shape), x_L.dtype)
+        lower, upper = backward_bounds(ops, spec.reshape(*spec.shape[:2], *shape), in_bounds, x_L, x_U)
         lowers.append(lower)
         uppers.append(upper)
     return torch.cat(lowers, 1), torch.cat(uppers, 1)
@@ -93,19 +151,18 @@ def crown_output_bounds(ops, rows, shape, in_bounds, x_L, x_U):
 
 def refine_unstable(ops, shape, in_bounds, reference, x_L, x_U):
     """Tighten the interval bounds `reference` of ops(x) by the backward relaxation, recomputing
-    only the neurons that the reference leaves unstable (l < 0 < u) in some sample of the batch.
+    only the neurons that the reference leaves unstable (l < 0 < u) (unstable_rows).
 
     Where the reference already proves a ReLU stable its relaxation is exact, so nothing is
     gained there. The result is the intersection of both bounds: sound, and never looser.
     """
     lower, upper = (t.flatten(1) for t in reference)
-    rows = ((lower < 0) & (upper > 0)).any(dim=0).nonzero().flatten()
+    rows = unstable_rows(lower, upper)
     if len(rows) == 0:
         return reference
     new_lower, new_upper = crown_output_bounds(ops, rows, shape, in_bounds, x_L, x_U)
-    lower, upper = lower.clone(), upper.clone()
-    lower[:, rows] = torch.maximum(lower[:, rows], new_lower)
-    upper[:, rows] = torch.minimum(upper[:, rows], new_upper)
+    lower = rows.write(lower, torch.maximum(rows.gather(lower), new_lower))
+    upper = rows.write(upper, torch.minimum(rows.gather(upper), new_upper))
     return lower.view_as(reference[0]), upper.view_as(reference[1])
 
 
