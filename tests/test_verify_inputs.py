@@ -88,3 +88,17 @@ def test_solver_failure_reports_unresolved_not_robust(monkeypatch):
     x = torch.rand(1, 4)
     r = verify(net, x, int(net(x).argmax()), VerifyOptions(eps=0.5, pgd_steps=0, tightening="crown"))
     assert r.status == "unresolved"
+
+
+def test_a_checkpoint_is_rebuilt_with_the_model_options_it_was_trained_with(tmp_path):
+    trained = build_model("mlp", hidden=(8, 6))
+    path = tmp_path / "checkpoint.pt"
+    arch = {"model": "mlp", "dataset": "mnist", "options": {"hidden": [8, 6]}}
+    torch.save({"model": trained.state_dict(), "arch": arch}, path)
+    network = load_network("mlp", str(path))
+    assert [m.out_features for m in network if isinstance(m, torch.nn.Linear)] == [8, 6, 10]
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(network(x), trained.eval()(x))
+    torch.save(trained.state_dict(), path)  # a bare state_dict does not say its options
+    with pytest.raises(WeightsError, match="do not fit model=mlp"):
+        load_network("mlp", str(path))

@@ -39,15 +39,16 @@ def load_network(model: str, weights: str | None, dataset: str = "mnist") -> nn.
         return load_onnx(weights).eval()
     if model not in ARCHITECTURES:
         raise ValueError(f"unknown model {model!r}; choose one of {sorted(ARCHITECTURES)} or onnx")
-    network = build_model(model, dataset)
     if not weights:
         log.warning("no weights= given: verifying the untrained %s", model)
-        return network.eval()
+        return build_model(model, dataset).eval()
     state, arch = _state_dict(Path(weights))
     if arch.get("model") not in (None, model):
         raise WeightsError(
             f"{weights} is a checkpoint of model={arch['model']}, not {model}; pass model={arch['model']}"
         )
+    # a train.py checkpoint records the model.options it was built with (hidden sizes, ...)
+    network = build_model(model, dataset, **arch.get("options", {}))
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
