@@ -177,6 +177,8 @@ def test_protocol_selects_over_kept_rows_and_new_trials_and_runs_only_the_missin
             writer.writerow({**setting, "seed": 0, "val_verified_err_0.3": 0.6 - i / 100})
             writer.writerow({**setting, "seed": 1, "val_verified_err_0.3": 0.1})  # no tuning trial
     kept = protocol.kept_objectives(kept_csv, 0.5)
+    kappa, ramp, lr = protocol._setting(first_block[0])
+    assert ("ibp", kappa, ramp, lr, 1) in protocol.kept_seeds(kept_csv, 0.5)  # a seed rerun that need not run again
     assert len(kept) == len(first_block) and all(key[3] == protocol.RECIPE_LR for key in kept)  # seed 1 is no trial
     jobs = protocol.tune_jobs(tmp_path, 0.5, ["ibp", "gm_ibp"], len(protocol.GRID), kept)
     all_trials = protocol.trial_overrides()

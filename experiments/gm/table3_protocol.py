@@ -126,18 +126,35 @@ def _setting(overrides: list[str]) -> tuple[float, float, float]:
     return float(values["method.kappa_final"]), float(values["schedule.ramp_epochs"]), lr
 
 
+def _kept_rows(path: Path, eps_train: float) -> list[tuple[tuple, int, str]]:
+    """((method, kappa_final, ramp_epochs, lr), seed, validation objective) of a table3.csv's rows."""
+    with open(path, newline="") as handle:
+        return [
+            (
+                (
+                    row["method"],
+                    float(row["kappa_final"]),
+                    float(row["ramp_epochs"]),
+                    float(row.get("lr") or RECIPE_LR),
+                ),
+                int(row["seed"]),
+                row["val_verified_err_0.3"],
+            )
+            for row in csv.DictReader(handle)
+            if float(row["eps_train"]) == eps_train
+        ]
+
+
 def kept_objectives(path: Path, eps_train: float) -> dict[tuple, float]:
     """Validation objectives of tuning trials (seed 0) from a table3.csv, keyed by (method,
     kappa_final, ramp_epochs, lr): trials whose run folders are gone still take part in selection."""
-    kept = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            if float(row["eps_train"]) != eps_train or row["seed"] != "0" or row["val_verified_err_0.3"] == "":
-                continue
-            lr = float(row.get("lr") or RECIPE_LR)
-            key = (row["method"], float(row["kappa_final"]), float(row["ramp_epochs"]), lr)
-            kept[key] = float(row["val_verified_err_0.3"])
-    return kept
+    return {key: float(value) for key, seed, value in _kept_rows(path, eps_train) if seed == 0 and value != ""}
+
+
+def kept_seeds(path: Path, eps_train: float) -> set[tuple]:
+    """(method, kappa_final, ramp_epochs, lr, seed) of every run a table3.csv holds: seed reruns
+    that need not run again."""
+    return {(*key, seed) for key, seed, _ in _kept_rows(path, eps_train)}
 
 
 def seeds_dir(out: Path, eps_train: float, method: str, overrides: list[str]) -> Path:
@@ -204,6 +221,7 @@ def main() -> None:
     if args.kept and not args.kept.is_file():
         parser.error(f"--kept {args.kept}: no such table3.csv; pass an earlier table3.csv, or drop --kept")
     kept = kept_objectives(args.kept, args.eps_train) if args.kept else None
+    done = kept_seeds(args.kept, args.eps_train) if args.kept else set()
 
     jobs: list[tuple[Path, list[str]]] = []
     if args.stage == "tune":
@@ -220,6 +238,8 @@ def main() -> None:
             print(f"{method}: {trial_name(overrides)}  (validation verified error at {SELECT_EPS:g}: {value:.4f})")
             if args.stage == "seeds":
                 for seed in SEEDS[1:]:  # seed 0 is the tuning trial itself (the same command)
+                    if (method, *_setting(overrides), seed) in done:
+                        continue  # its row in --kept stands for it
                     run_dir = seeds_dir(out, args.eps_train, method, overrides) / f"seed{seed}"
                     jobs.append(
                         (run_dir, METHODS[method] + overrides + FULL_SCALE + common(args.eps_train) + [f"seed={seed}"])
