@@ -13,7 +13,7 @@ Methods:
   alpha-crown-full  alpha-crown that then optimises the input bounds of every later ReLU layer the
              same way and the output's again on them; never looser than alpha-crown, and as tight
              as auto_LiRPA's CROWN-Optimized on every row measured (results/alpha_crown/): the
-             certifier to pick for verification. 2-5x alpha-crown's cost.
+             certifier to pick for verification. 1-5x alpha-crown's cost (measured).
 Unstable ReLU (l < 0 < u): upper line through (l, 0) and (u, u); lower line a x with a = 1 if
 u > -l else 0. Bounds are differentiable in the model's parameters.
 
