@@ -32,6 +32,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from certtrain.results import Errors
+
 # The methods of Table 3; fusion where the method allows it (the same speed-up for each).
 METHODS = {
     "ibp": ["method=ibp"],
@@ -110,9 +112,7 @@ def objective(run_dir: Path) -> float | None:
     metrics = json.loads(path.read_text())
     if "val" not in metrics:
         raise SystemExit(f"{run_dir}: no validation metrics; the protocol selects on validation images only")
-    curves = metrics["val"]["verified_err"]
-    key = f"{SELECT_EPS:g}"
-    return min(curve[key] for curve in curves.values() if key in curve)
+    return Errors.from_metrics(metrics["val"]).best_at(SELECT_EPS)
 
 
 def tune_dir(out: Path, eps_train: float, method: str) -> Path:
